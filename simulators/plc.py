@@ -1,0 +1,179 @@
+"""The PLC core every bundled simulator runs: a process image updated by a scan cycle.
+
+The image is the same on every protocol (Modbus registers and coils, OPC UA nodes, the serial
+and SSH shells' status commands). The scan cycle increments a heartbeat counter every scan and
+runs a small simulated control loop (a first-order tank level chasing a setpoint). When the scan
+cycle stalls, the heartbeat stops: that is what the harness's essential-function monitor watches.
+
+Layout (0-based addresses, the same in every simulator and in the bundled device profiles):
+
+==================  ===========  =====================================================
+what                address      notes
+==================  ===========  =====================================================
+heartbeat           HR 0, IR 0   +1 every scan, wraps at 65536
+setpoint            HR 1         operator set point of the control loop (writable)
+process value       HR 2, IR 1   tank level, follows the setpoint
+output              HR 3, IR 2   valve output 0..1000
+scan count (high)   HR 4         heartbeat // 65536 (wraps)
+scratch registers   HR 100..109  free for the harness to write and restore
+protected registers HR 200..209  configuration; every write must be refused
+scratch coils       C 100..107
+protected coils     C 200..207
+run state           DI 0         1 while the scan cycle runs
+==================  ===========  =====================================================
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+#: Size of each Modbus table.
+TABLE_SIZE = 1000
+
+HEARTBEAT = 0
+SETPOINT = 1
+PROCESS_VALUE = 2
+OUTPUT = 3
+SCAN_HIGH = 4
+SCRATCH_REGISTERS = range(100, 110)
+PROTECTED_REGISTERS = range(200, 210)
+SCRATCH_COILS = range(100, 108)
+PROTECTED_COILS = range(200, 208)
+
+
+@dataclass
+class FragileConfig:
+    """How a fragile device starves: past ``threshold_rps`` requests per second (measured over
+    one second), the scan cycle stops until the rate has stayed below it for ``recovery_s``."""
+
+    #: Requests (or connections) per second above which the scan cycle starves.
+    threshold_rps: float = 300.0
+    #: Seconds the rate must stay below the threshold before the scan cycle resumes.
+    recovery_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.threshold_rps <= 0:
+            raise ValueError(f"threshold_rps must be > 0, got {self.threshold_rps}")
+        if self.recovery_s < 0:
+            raise ValueError(f"recovery_s must be >= 0, got {self.recovery_s}")
+
+
+@dataclass
+class ProcessImage:
+    """The four Modbus tables. Access only under :attr:`lock`."""
+
+    coils: list[bool] = field(default_factory=lambda: [False] * TABLE_SIZE)
+    discrete_inputs: list[bool] = field(default_factory=lambda: [False] * TABLE_SIZE)
+    holding: list[int] = field(default_factory=lambda: [0] * TABLE_SIZE)
+    input_registers: list[int] = field(default_factory=lambda: [0] * TABLE_SIZE)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+class PLC:
+    """A process image plus a scan-cycle thread.
+
+    :param scan_period_s: scan period in seconds (default 10 ms).
+    :param fragile: when set, request load above its threshold starves the scan cycle.
+    """
+
+    def __init__(self, scan_period_s: float = 0.01, fragile: FragileConfig | None = None) -> None:
+        if scan_period_s <= 0:
+            raise ValueError(f"scan_period_s must be > 0, got {scan_period_s}")
+        self.scan_period_s = scan_period_s
+        self.fragile = fragile
+        self.image = ProcessImage()
+        self.scans = 0
+        self._level = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._requests: deque[float] = deque()
+        self._req_lock = threading.Lock()
+        self._starved_until = 0.0
+        with self.image.lock:
+            self.image.holding[SETPOINT] = 500
+            for i, addr in enumerate(SCRATCH_REGISTERS):
+                self.image.holding[addr] = 1000 + i
+            for i, addr in enumerate(PROTECTED_REGISTERS):
+                self.image.holding[addr] = 4000 + i
+            for addr in PROTECTED_COILS:
+                self.image.coils[addr] = True
+
+    # -- load accounting (for the load.fragile weakness) -------------------------------
+    def note_request(self) -> None:
+        """Count one request or connection against the fragile threshold."""
+        if self.fragile is None:
+            return
+        now = time.monotonic()
+        with self._req_lock:
+            self._requests.append(now)
+            while self._requests and self._requests[0] < now - 1.0:
+                self._requests.popleft()
+            if len(self._requests) > self.fragile.threshold_rps:
+                self._starved_until = now + self.fragile.recovery_s
+
+    @property
+    def starved(self) -> bool:
+        """True while a fragile PLC's scan cycle is stalled by load."""
+        return time.monotonic() < self._starved_until
+
+    # -- scan cycle ------------------------------------------------------------------
+    def scan(self) -> None:
+        """Run one scan: heartbeat, control loop, mirrored inputs."""
+        img = self.image
+        with img.lock:
+            self.scans += 1
+            img.holding[HEARTBEAT] = self.scans % 65536
+            img.holding[SCAN_HIGH] = (self.scans // 65536) % 65536
+            setpoint = img.holding[SETPOINT]
+            error = setpoint - self._level
+            output = max(0.0, min(1000.0, 500.0 + 2.0 * error))
+            self._level += (output - 500.0) * 0.01
+            img.holding[PROCESS_VALUE] = max(0, min(65535, round(self._level)))
+            img.holding[OUTPUT] = round(output)
+            img.input_registers[0] = img.holding[HEARTBEAT]
+            img.input_registers[1] = img.holding[PROCESS_VALUE]
+            img.input_registers[2] = img.holding[OUTPUT]
+            img.discrete_inputs[0] = True
+
+    def _run(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            if not self.starved:
+                self.scan()
+            else:
+                with self.image.lock:
+                    self.image.discrete_inputs[0] = False
+            next_at += self.scan_period_s
+            delay = next_at - time.monotonic()
+            if delay < 0:  # fell behind: do not try to catch up in a burst
+                next_at = time.monotonic()
+                delay = 0
+            self._stop.wait(delay)
+
+    def start(self) -> None:
+        """Start the scan-cycle thread (idempotent)."""
+        if self._thread is None:
+            self.scan()
+            self._thread = threading.Thread(target=self._run, name="plc-scan", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the scan cycle and wait for the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            self._thread = None
+
+    # -- helpers for protocol front ends --------------------------------------------
+    @staticmethod
+    def is_protected_register(address: int, count: int = 1) -> bool:
+        """True if any register in ``address .. address+count-1`` is protected."""
+        return any(a in PROTECTED_REGISTERS for a in range(address, address + count))
+
+    @staticmethod
+    def is_protected_coil(address: int, count: int = 1) -> bool:
+        """True if any coil in ``address .. address+count-1`` is protected."""
+        return any(a in PROTECTED_COILS for a in range(address, address + count))
