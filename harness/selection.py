@@ -141,7 +141,7 @@ def build_plan(profile: Profile, catalog: Catalog, checks: list[CheckSpec], *,
         if not row.decisions:
             if req.sl_min > claimed:
                 row.note = f"not required: from SL {req.sl_min}, {req.fr} claims SL {claimed}"
-            elif req.verification is Verification.document:
+            elif req.verification is Verification.DOCUMENT:
                 row.note = "needs documentary evidence (not testable over the wire)"
             else:
                 row.note = "no automated check yet: collect evidence by inspection"

@@ -1,0 +1,406 @@
+"""The lab: bundled PLC simulators started as processes, and the device profile that points at them.
+
+A *lab definition* (YAML, ``lab/labs/*.yaml``) names the simulators, the posture, the single
+weaknesses to switch on and the device policy. :func:`lab_up` starts every simulator at once
+(``python -m simulators.<name>``; the harness never imports a simulator), waits for each one's
+ready line, and writes into the state folder:
+
+- ``state.json``: pids, endpoints, pty paths, the lab definition;
+- ``profile.yaml``: a device profile for the running lab (secrets as ``file:`` references);
+- ``secrets/``: generated passwords (mode 0600), ``sim-config.json`` for the simulators;
+- ``logs/``: each simulator's output.
+
+A simulator that does not come up, or a taken port, is a :class:`~harness.errors.LabError` and
+nothing is left running. :func:`lab_down` stops only the pids its own state file names, and only
+if they still look like our simulators.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness.errors import LabError
+
+SIMULATORS = ("modbus_tcp", "modbus_tls", "modbus_rtu", "console", "opcua", "ssh")
+#: Seconds a simulator may take to print its ready line.
+READY_TIMEOUT_S = 20.0
+STATE_FILE = "state.json"
+
+
+class LabPolicy(BaseModel):
+    """Device policy given to every simulator (and declared in the generated profile)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lockout_threshold: int = Field(default=3, ge=1)
+    lockout_duration_s: float = Field(default=3.0, ge=0)
+    idle_timeout_s: float = Field(default=3.0, gt=0)
+    session_limit: int = Field(default=4, ge=1)
+    connection_limit: int = Field(default=8, ge=1)
+    fragile_threshold_rps: float = Field(default=150.0, gt=0)
+    fragile_recovery_s: float = Field(default=1.0, ge=0)
+
+
+class LabDefinition(BaseModel):
+    """A lab: which simulators, in which posture, with which weaknesses."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    posture: Literal["hardened", "weak"] = "hardened"
+    simulators: list[Literal["modbus_tcp", "modbus_tls", "modbus_rtu", "console", "opcua",
+                             "ssh"]] = Field(default_factory=lambda: list(SIMULATORS))
+    weaknesses: list[str] = Field(default_factory=list)
+    #: Fixed ports per simulator (default: the OS picks).
+    ports: dict[str, int] = Field(default_factory=dict)
+    policy: LabPolicy = Field(default_factory=LabPolicy)
+    #: Claimed SL per FR in the generated profile.
+    claimed_sl: dict[str, int] = Field(
+        default_factory=lambda: {f"FR{i}": 2 for i in range(1, 8)})
+    allow_disruptive: bool = True
+    scan_period_ms: float = 10.0
+
+
+def load_lab(path_or_name: str) -> LabDefinition:
+    """Load a lab definition from a path, or by name from the bundled ``lab/labs``."""
+    from harness.paths import bundled
+
+    path = Path(path_or_name)
+    if not path.exists():
+        candidate = bundled("lab") / "labs" / f"{path_or_name}.yaml"
+        if not candidate.exists():
+            names = sorted(p.stem for p in (bundled("lab") / "labs").glob("*.yaml"))
+            raise LabError(f"no lab {path_or_name!r}: not a file, and not a bundled lab "
+                           f"({', '.join(names)})")
+        path = candidate
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        lab = LabDefinition.model_validate(data)
+    except (OSError, yaml.YAMLError) as exc:
+        raise LabError(f"{path}: cannot read lab definition: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise LabError(f"{path}: invalid lab definition: {problems}") from None
+    manifest = weakness_manifest()
+    known = {w for ws in manifest.values() for w in ws}
+    unknown = sorted(set(lab.weaknesses) - known)
+    if unknown:
+        raise LabError(f"{path}: unknown weaknesses {unknown}; known: {sorted(known)}")
+    return lab
+
+
+def _simulators_root() -> Path:
+    spec = importlib.util.find_spec("simulators")
+    if spec is None or not spec.submodule_search_locations:
+        raise LabError("the simulators package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
+
+
+def weakness_manifest() -> dict[str, list[str]]:
+    """Each simulator's weaknesses, read from ``simulators/manifest.json`` (no import)."""
+    path = _simulators_root() / "manifest.json"
+    try:
+        data: dict[str, list[str]] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LabError(f"{path}: cannot read the simulator manifest: {exc}") from None
+    return data
+
+
+# --------------------------------------------------------------------------- up
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def _accounts() -> dict[str, dict[str, str]]:
+    def pw() -> str:
+        return "Sim-" + secrets.token_urlsafe(12)
+
+    return {
+        "admin": {"user": "admin", "password": pw(), "role": "admin"},
+        "operator": {"user": "operator", "password": pw(), "role": "operator"},
+        "readonly": {"user": "viewer", "password": pw(), "role": "readonly"},
+        "lockout_test": {"user": "locktest", "password": pw(), "role": "operator"},
+    }
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_our_simulator(pid: int, state_dir: Path) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    text = [c.decode(errors="replace") for c in cmdline]
+    return any(c.startswith("simulators.") for c in text) and str(state_dir) in " ".join(text)
+
+
+def _stop_pids(pids: list[int], timeout_s: float = 5.0) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout_s
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid if not _pid_alive(pid) else 0
+            if done:
+                break
+            time.sleep(0.02)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+
+
+def lab_up(lab: LabDefinition, state_dir: Path) -> dict[str, Any]:
+    """Start the lab; return its state. On any failure nothing is left running.
+
+    :raises LabError: a lab is already running there, a simulator failed or timed out.
+    """
+    state_dir = state_dir.resolve()
+    if (state_dir / STATE_FILE).exists():
+        raise LabError(f"a lab is already running in {state_dir} (harness lab down first)")
+    manifest = weakness_manifest()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    accounts = _accounts()
+    sim_config = {
+        "accounts": list(accounts.values()),
+        **lab.policy.model_dump(),
+    }
+    _write_private(state_dir / "secrets" / "sim-config.json", json.dumps(sim_config, indent=2))
+    for role, acc in accounts.items():
+        _write_private(state_dir / "secrets" / f"{role}.password", acc["password"] + "\n")
+    (state_dir / "logs").mkdir(exist_ok=True)
+    env = dict(os.environ)
+    root = str(_simulators_root().parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    t0 = time.monotonic()
+    try:
+        for name in lab.simulators:
+            weak = [w for w in lab.weaknesses if w in manifest.get(name, [])]
+            sim_state = state_dir / "sims" / name
+            sim_state.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", f"simulators.{name}",
+                   "--posture", lab.posture, "--config", str(state_dir / "secrets" / "sim-config.json"),
+                   "--state-dir", str(sim_state), "--scan-period-ms", str(lab.scan_period_ms),
+                   "--port", str(lab.ports.get(name, 0))]
+            for w in weak:
+                cmd += ["--weakness", w]
+            out = (state_dir / "logs" / f"{name}.out").open("wb")
+            err = (state_dir / "logs" / f"{name}.err").open("wb")
+            procs[name] = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                           env=env, start_new_session=True, cwd=str(state_dir))
+            out.close()
+            err.close()
+        ready = _wait_ready(procs, state_dir)
+    except BaseException:
+        _stop_pids([p.pid for p in procs.values()])
+        shutil.rmtree(state_dir, ignore_errors=True)
+        raise
+    state = {
+        "lab": lab.model_dump(),
+        "state_dir": str(state_dir),
+        "started_s": round(time.monotonic() - t0, 3),
+        "started_at": time.time(),
+        "simulators": {name: {"pid": procs[name].pid, **ready[name]} for name in procs},
+    }
+    profile = generated_profile(lab, state, accounts)
+    (state_dir / "profile.yaml").write_text(
+        "# Generated by `harness lab up` for the running lab; do not edit.\n"
+        + yaml.safe_dump(profile, sort_keys=False), encoding="utf-8")
+    (state_dir / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
+    return state
+
+
+def _wait_ready(procs: dict[str, subprocess.Popen[bytes]], state_dir: Path
+                ) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    ready: dict[str, dict[str, Any]] = {}
+    while len(ready) < len(procs):
+        for name, proc in procs.items():
+            if name in ready:
+                continue
+            text = (state_dir / "logs" / f"{name}.out").read_text(errors="replace")
+            for line in text.splitlines():
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if event.get("event") == "ready":
+                    ready[name] = {"endpoints": event.get("endpoints", {}),
+                                   "weaknesses": event.get("weaknesses", [])}
+                elif event.get("event") == "error":
+                    raise LabError(f"simulator {name} failed to start: {event.get('message')}")
+            if name not in ready and proc.poll() is not None:
+                tail = (state_dir / "logs" / f"{name}.err").read_text(errors="replace")[-800:]
+                raise LabError(f"simulator {name} exited with status {proc.returncode} before it "
+                               f"was ready:\n{tail.strip()}")
+        if time.monotonic() > deadline:
+            late = sorted(set(procs) - set(ready))
+            raise LabError(f"simulators {late} not ready within {READY_TIMEOUT_S:g} s")
+        if len(ready) < len(procs):
+            time.sleep(0.02)
+    return ready
+
+
+def generated_profile(lab: LabDefinition, state: dict[str, Any],
+                      accounts: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """The device profile of a running lab."""
+    from harness import __version__
+
+    sims = state["simulators"]
+    interfaces: dict[str, Any] = {}
+    open_ports: list[int] = []
+    ssh_key = None
+    if "modbus_tcp" in sims:
+        ep = sims["modbus_tcp"]["endpoints"]["modbus"]
+        interfaces["modbus_tcp"] = {"host": ep["host"], "port": ep["port"],
+                                    "unit_id": ep.get("unit", 1)}
+        open_ports.append(ep["port"])
+    if "modbus_tls" in sims:
+        ep = sims["modbus_tls"]["endpoints"]["mbtls"]
+        interfaces["modbus_tls"] = {"host": ep["host"], "port": ep["port"],
+                                    "ca_cert": ep["ca_cert"], "ca_key": ep["ca_key"]}
+        open_ports.append(ep["port"])
+    if "opcua" in sims:
+        ep = sims["opcua"]["endpoints"]["opcua"]
+        interfaces["opcua"] = {"endpoint": ep["url"], "client_cert": ep["client_cert"],
+                               "client_key": ep["client_key"],
+                               "application_uri": ep.get("client_application_uri")}
+        if interfaces["opcua"]["application_uri"] is None:
+            del interfaces["opcua"]["application_uri"]
+        open_ports.append(int(ep["url"].rsplit(":", 1)[1].split("/", 1)[0]))
+    if "ssh" in sims:
+        ep = sims["ssh"]["endpoints"]["ssh"]
+        interfaces["ssh"] = {"host": ep["host"], "port": ep["port"]}
+        ssh_key = ep.get("client_key")
+        open_ports.append(ep["port"])
+    if "modbus_rtu" in sims:
+        ep = sims["modbus_rtu"]["endpoints"]["rtu"]
+        interfaces["modbus_rtu"] = {"device": ep["path"], "baud": ep.get("baud", 19200),
+                                    "unit_id": ep.get("unit", 1)}
+    if "console" in sims:
+        ep = sims["console"]["endpoints"]["console"]
+        interfaces["console"] = {"device": ep["path"], "baud": ep.get("baud", 115200)}
+    sdir = Path(state["state_dir"]) / "secrets"
+    acc_out: dict[str, Any] = {}
+    for role, acc in accounts.items():
+        entry: dict[str, Any] = {"username": acc["user"], "password": f"file:{sdir / f'{role}.password'}"}
+        if ssh_key:
+            entry["private_key"] = f"file:{ssh_key}"
+        acc_out[role] = entry
+    points: dict[str, Any] = {"scratch": [], "protected": []}
+    if interfaces.keys() & {"modbus_tcp", "modbus_tls", "modbus_rtu"}:
+        points["scratch"] += [{"protocol": "modbus", "table": "holding", "address": 100, "count": 10},
+                              {"protocol": "modbus", "table": "coil", "address": 100, "count": 8}]
+        points["protected"] += [{"protocol": "modbus", "table": "holding", "address": 200,
+                                 "count": 10},
+                                {"protocol": "modbus", "table": "coil", "address": 200, "count": 8}]
+    essential: list[dict[str, Any]] = []
+    if "opcua" in sims:
+        ns = sims["opcua"]["endpoints"]["opcua"].get("namespace_index", 2)
+        points["scratch"].append({"protocol": "opcua", "node": f"ns={ns};s=PLC.Scratch.0"})
+        points["protected"].append({"protocol": "opcua", "node": f"ns={ns};s=PLC.Protected.0"})
+    if "modbus_tcp" in interfaces:
+        essential.append({"kind": "modbus_heartbeat", "address": 0, "max_stall_ms": 500})
+    if "opcua" in sims:
+        ns = sims["opcua"]["endpoints"]["opcua"].get("namespace_index", 2)
+        essential.append({"kind": "opcua_read", "node": f"ns={ns};s=PLC.Heartbeat",
+                          "max_latency_ms": 500})
+    pol = lab.policy
+    return {
+        "schema_version": 1,
+        "device": {"vendor": "harness project", "model": f"Simulated PLC ({lab.name})",
+                   "firmware": f"sim-{__version__}", "serial": f"LAB-{os.getpid()}",
+                   "component_type": "embedded",
+                   "description": f"bundled simulators, posture {lab.posture}, "
+                                  f"weaknesses {lab.weaknesses or 'none'}"},
+        "claimed_sl": lab.claimed_sl,
+        "interfaces": interfaces,
+        "targets": ["127.0.0.1"],
+        "accounts": acc_out,
+        "points": points,
+        "essential_functions": essential,
+        "safety": {"allow_disruptive": lab.allow_disruptive, "max_request_rate": 2000,
+                   "max_connection_rate": 200, "max_packet_rate": 5000,
+                   "max_connections": pol.connection_limit * 2, "max_load_duration_s": 3,
+                   "recovery_wait_s": 2, "connect_timeout_s": 3, "request_timeout_s": 3},
+        "expectations": {
+            "lockout": {"threshold": pol.lockout_threshold, "duration_s": pol.lockout_duration_s},
+            "session_limit": pol.session_limit,
+            "idle_timeout_s": pol.idle_timeout_s,
+            "banner_required": True,
+            "open_ports": open_ports,
+            "modbus_function_codes": [1, 2, 3, 4, 5, 6, 15, 16, 22, 23],
+            "ssh_auth_methods": ["publickey", "password"],
+            "rtu_broadcast": "ignore",
+        },
+    }
+
+
+# --------------------------------------------------------------------------- status / down
+def read_state(state_dir: Path) -> dict[str, Any]:
+    """The state of the lab in ``state_dir``."""
+    path = state_dir / STATE_FILE
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LabError(f"no lab is running in {state_dir.resolve()} (no {STATE_FILE})") from None
+    except (OSError, ValueError) as exc:
+        raise LabError(f"{path}: unreadable lab state: {exc}") from None
+    return data
+
+
+def lab_status(state_dir: Path) -> dict[str, dict[str, Any]]:
+    """Each simulator of the lab with whether its process is still alive."""
+    state = read_state(state_dir)
+    out = {}
+    for name, sim in state["simulators"].items():
+        pid = int(sim["pid"])
+        alive = _pid_alive(pid) and _is_our_simulator(pid, Path(state["state_dir"]))
+        out[name] = {"pid": pid, "alive": alive, "endpoints": sim["endpoints"]}
+    return out
+
+
+def lab_down(state_dir: Path) -> list[str]:
+    """Stop the lab's own simulators and remove its state folder; return what was stopped."""
+    state = read_state(state_dir)
+    sdir = Path(state["state_dir"])
+    ours = [(name, int(sim["pid"])) for name, sim in state["simulators"].items()
+            if _is_our_simulator(int(sim["pid"]), sdir)]
+    _stop_pids([pid for _, pid in ours])
+    shutil.rmtree(sdir, ignore_errors=True)
+    return [name for name, _ in ours]

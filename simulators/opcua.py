@@ -1,0 +1,131 @@
+"""OPC UA PLC simulator: the PLC core's process image behind an asyncua server.
+
+``python -m simulators.opcua [common options] [--verbose]`` (see :mod:`simulators.common`).
+
+Ready line ``endpoints``::
+
+    {"opcua": {"url": "opc.tcp://127.0.0.1:PORT/harness/plc", "host": ..., "port": PORT,
+               "application_uri": "urn:harness:simulator:opcua",
+               "client_application_uri": "urn:harness:client",
+               "namespace_uri": "urn:harness:simulator:plc", "namespace_index": 2,
+               "server_cert": PEM, "client_cert": PEM, "client_key": PEM,
+               "ca_cert": PEM, "ca_key": PEM,
+               "nodes": {"heartbeat": "ns=2;s=PLC.Heartbeat", "setpoint": ...,
+                         "process_value": ..., "output": ..., "scratch": [...],
+                         "protected": [...]}}}
+
+The client certificate is signed by the test CA the server trusts; a client using it must
+announce ``client_application_uri`` as its ApplicationUri. Certificates signed with ``ca_key``
+are trusted too, so the harness can mint trusted-but-expired ones.
+
+Nodes (namespace ``urn:harness:simulator:plc``, string ids, all UInt16, under object ``PLC``):
+``PLC.Heartbeat`` (+1 per scan, wraps), ``PLC.Setpoint`` (writable), ``PLC.ProcessValue``,
+``PLC.Output``, ``PLC.Scratch.0``..``9`` (writable), ``PLC.Protected.0``..``9`` (read-only for
+everyone). Image values reach the nodes within 50 ms. Writes take any integer variant in
+0..65535 (else BadTypeMismatch / BadOutOfRange); read-only nodes answer BadNotWritable.
+
+Hardened posture:
+
+- endpoints Basic256Sha256, Aes128_Sha256_RsaOaep and Aes256_Sha256_RsaPss, each Sign and
+  SignAndEncrypt; server certificate RSA 2048, SHA-256, ApplicationUri in its SubjectAltName;
+- user tokens username (config accounts) and X.509 (a trusted certificate acts as an operator);
+  anonymous refused with BadIdentityTokenRejected;
+- wrong password, unknown user and locked account all give BadUserAccessDenied; the lockout
+  follows ``lockout_threshold``/``lockout_duration_s``;
+- client application certificates checked at CreateSession: BadCertificateTimeInvalid (expired
+  or not yet valid), BadCertificateUriInvalid (SubjectAltName lacks the announced
+  ApplicationUri), BadCertificatePolicyCheckFailed (RSA under 2048 bits),
+  BadCertificateUntrusted (neither in the trust list nor issued by its CA);
+- readonly accounts writing a scratch node or the set point get BadUserAccessDenied;
+- more than ``session_limit`` sessions: CreateSession answers BadTooManySessions;
+- sessions idle for ``idle_timeout_s`` are closed (the server revises every requested session
+  timeout to that value); a request on the closed session gets BadSessionNotActivated
+  (asyncua's code for it). A client that polls (asyncua's Client watchdog reads the server
+  state every ``watchdog_intervall`` seconds) is never idle.
+
+Weaknesses: ``opcua.policy_none`` (adds a None/None endpoint whose username token policy is
+None: the password travels in clear), ``opcua.deprecated_policies`` (adds Basic128Rsa15 and
+Basic256, Sign and SignAndEncrypt), ``opcua.weak_server_cert`` (RSA 1024, SHA-1 signed),
+``opcua.anonymous`` (anonymous token accepted, read-only), ``opcua.accepts_untrusted_certs``
+(no client certificate check at all), ``opcua.no_authz`` (readonly accounts and anonymous may
+write scratch nodes), ``opcua.no_session_limit``, ``opcua.no_session_timeout`` (every session
+is granted 24 h), ``opcua.no_lockout``, ``opcua.user_enumeration`` (an unknown user gets
+BadIdentityTokenInvalid instead of BadUserAccessDenied), ``load.fragile`` (every CreateSession,
+Read, Write and Browse counts against the fragile threshold).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import logging
+import sys
+import threading
+
+from simulators import common
+from simulators.opcua_sim import APPLICATION_URI, CLIENT_APPLICATION_URI, NAME, WEAKNESSES
+from simulators.opcua_sim import certs as certs_mod
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="log asyncua's messages to stderr (quiet by default)")
+
+
+class _StopSignal:
+    """SIGTERM/SIGINT may arrive before the event loop runs; remember it and wake the loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requested = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+
+    def request(self) -> None:
+        with self._lock:
+            self._requested = True
+            if self._loop is not None and self._event is not None:
+                self._loop.call_soon_threadsafe(self._event.set)
+
+    def attach(self) -> asyncio.Event:
+        """Bind to the running loop; the returned event is set on a stop request."""
+        event = asyncio.Event()
+        with self._lock:
+            self._loop, self._event = asyncio.get_running_loop(), event
+            if self._requested:
+                event.set()
+        return event
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the simulator until SIGTERM; return the exit status."""
+    args = common.parse_args(NAME, WEAKNESSES, argv, add_arguments=_add_arguments)
+    stop = _StopSignal()
+    common.install_stop_handler(stop.request)
+    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        level=logging.INFO if args.extra.get("verbose") else logging.CRITICAL)
+    # Certificates are made in a thread (RSA key generation releases the GIL) while asyncua is
+    # imported and its address space is built.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="opcua-certs")
+    certs_future = pool.submit(certs_mod.generate, args.state_dir, APPLICATION_URI,
+                               CLIENT_APPLICATION_URI,
+                               weak_server_cert=args.has("opcua.weak_server_cert"))
+    pool.shutdown(wait=False)
+    # Imported here, not at the top, so that it overlaps with the certificate thread.
+    from simulators.opcua_sim import server as server_mod  # noqa: PLC0415
+
+    sim = server_mod.OpcuaPlc(args)
+
+    async def run() -> int:
+        return await sim.serve(certs_future, stop.attach())
+
+    try:
+        return asyncio.run(run())
+    except server_mod.StartupError as exc:
+        common.fail(NAME, str(exc))
+    return 2  # not reached: fail() exits
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,490 @@
+"""The asyncua server of the OPC UA PLC simulator: endpoints, identities, trust list, sessions,
+and the process image as nodes.
+
+asyncua 2.1 does most of the protocol; this module adds what a hardened device needs on top
+(see :mod:`simulators.opcua` for the contract):
+
+- **Authentication** (:class:`_UserManager`): accounts from the config through
+  :func:`simulators.common.authenticate` with failed-login lockout; X.509 user tokens judged by the
+  trust list; anonymous only with ``opcua.anonymous``.
+- **Client certificates**: every CreateSession's certificate is judged by :class:`TrustList`, and
+  ActivateSession checks the certificate that secured the channel is the one CreateSession
+  presented (asyncua alone checks neither). asyncua also accepts SecurityPolicy None channels when
+  no None endpoint is offered; :class:`_Session` refuses such sessions.
+- **Session limit and idle timeout** (:class:`_Session`): asyncua has only a process-wide
+  connection cap answering BadMaxConnectionsReached; the simulator counts its own sessions and
+  answers BadTooManySessions at CreateSession. The idle timeout uses asyncua's own watchdog with
+  the server's minimum and maximum session timeout both set from the config.
+- **Authorization** (:meth:`_Session.write`): asyncua gives every non-admin user the node's
+  static access level; the simulator decides per role, and reports the per-user
+  UserAccessLevel on reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from asyncua import Server, ua
+from asyncua.common.utils import ServiceError
+from asyncua.crypto import security_policies
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.internal_server import InternalServer
+from asyncua.server.internal_session import InternalSession
+from cryptography import x509
+
+from simulators import common
+from simulators import plc as plcmod
+from simulators.opcua_sim import (
+    APPLICATION_URI,
+    CLIENT_APPLICATION_URI,
+    ENDPOINT_PATH,
+    NAME,
+    NAMESPACE_URI,
+)
+from simulators.opcua_sim.certs import CertBundle, TrustList
+
+_P = ua.SecurityPolicyType
+#: Endpoints of the hardened server: no None, no deprecated policy.
+HARDENED_POLICIES = (
+    _P.Basic256Sha256_Sign, _P.Basic256Sha256_SignAndEncrypt,
+    _P.Aes128Sha256RsaOaep_Sign, _P.Aes128Sha256RsaOaep_SignAndEncrypt,
+    _P.Aes256Sha256RsaPss_Sign, _P.Aes256Sha256RsaPss_SignAndEncrypt,
+)
+#: Added by ``opcua.deprecated_policies`` (asyncua 2.1 still implements both).
+DEPRECATED_POLICIES = (
+    _P.Basic128Rsa15_Sign, _P.Basic128Rsa15_SignAndEncrypt,
+    _P.Basic256_Sign, _P.Basic256_SignAndEncrypt,
+)
+#: Session timeout the server grants with ``opcua.no_session_timeout``, whatever is asked (24 h).
+NO_TIMEOUT_MS = 86_400_000.0
+#: Seconds between pushes of the process image into the nodes.
+SYNC_PERIOD_S = 0.05
+#: Role of an identity proven by a trusted X.509 user certificate.
+X509_ROLE = "operator"
+
+_INTEGER_VARIANTS = frozenset({
+    ua.VariantType.SByte, ua.VariantType.Byte, ua.VariantType.Int16, ua.VariantType.UInt16,
+    ua.VariantType.Int32, ua.VariantType.UInt32, ua.VariantType.Int64, ua.VariantType.UInt64,
+})
+
+_logger = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The server could not start (e.g. the port is taken); the message says why."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """One process-image value exposed as a node."""
+
+    #: String identifier of the NodeId, e.g. ``PLC.Scratch.0``.
+    name: str
+    #: Holding register in the PLC image.
+    address: int
+    #: Whether a client with write rights may write it.
+    writable: bool
+
+
+def _points() -> tuple[Point, ...]:
+    points = [
+        Point("PLC.Heartbeat", plcmod.HEARTBEAT, False),
+        Point("PLC.Setpoint", plcmod.SETPOINT, True),
+        Point("PLC.ProcessValue", plcmod.PROCESS_VALUE, False),
+        Point("PLC.Output", plcmod.OUTPUT, False),
+    ]
+    points += [Point(f"PLC.Scratch.{i}", a, True) for i, a in enumerate(plcmod.SCRATCH_REGISTERS)]
+    points += [Point(f"PLC.Protected.{i}", a, False)
+               for i, a in enumerate(plcmod.PROTECTED_REGISTERS)]
+    return tuple(points)
+
+
+#: Every node of the process image, in a fixed order.
+POINTS = _points()
+
+
+def _token_kind(token: Any) -> str:
+    if isinstance(token, ua.UserNameIdentityToken):
+        return "username"
+    if isinstance(token, ua.X509IdentityToken):
+        return "x509"
+    if token is None or isinstance(token, ua.AnonymousIdentityToken):
+        return "anonymous"
+    if isinstance(token, ua.ExtensionObject) and token.TypeId == ua.NodeId(ua.ObjectIds.Null):
+        return "anonymous"
+    return "other"
+
+
+class _UserManager:
+    """Maps an identity token to a user (asyncua's ``UserManager`` interface).
+
+    asyncua passes no token type to :meth:`get_user`, so :meth:`_Session.activate_session` sets
+    :attr:`pending_kind` just before and reads :attr:`granted_role` just after; ActivateSession
+    is synchronous in asyncua, so no other session can run in between.
+    """
+
+    def __init__(self, sim: OpcuaPlc) -> None:
+        self.sim = sim
+        self.pending_kind: str | None = None
+        self.granted_role: str | None = None
+
+    def get_user(self, iserver: InternalServer, username: str | None = None,
+                 password: str | None = None, certificate: Any = None) -> User | None:
+        """Return the user for the pending token, None (BadUserAccessDenied) or raise."""
+        sim = self.sim
+        kind = self.pending_kind
+        if kind == "anonymous":
+            if not sim.anonymous:
+                return None
+            self.granted_role = "readonly"
+            return User(role=UserRole.User, name="anonymous")
+        if kind == "username":
+            name = username or ""
+            account = common.authenticate(sim.config, sim.lockout, name, password or "",
+                                          factory_defaults=False)
+            if account is None:
+                if sim.user_enumeration and sim.config.account(name) is None:
+                    raise ServiceError(ua.StatusCodes.BadIdentityTokenInvalid)
+                return None
+            self.granted_role = account.role
+            return User(role=UserRole.User, name=account.user)
+        if kind == "x509" and certificate:
+            cert = x509.load_der_x509_certificate(bytes(certificate))
+            if sim.validate_certs and sim.trust.check(cert, None) is not None:
+                return None
+            cn = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+            self.granted_role = X509_ROLE
+            return User(role=UserRole.User, name=f"x509:{cn[0].value if cn else '?'}")
+        return None
+
+
+class _Session(InternalSession):
+    """A client session with the simulator's limits, checks and authorization."""
+
+    def __init__(self, sim: OpcuaPlc, *args: Any, **kwargs: Any) -> None:
+        self.sim = sim
+        #: The certificate CreateSession presented (DER), if any.
+        self.client_certificate: bytes | None = None
+        #: Role of the activated identity: admin, operator, readonly (or none yet).
+        self.role = "none"
+        super().__init__(*args, **kwargs)
+
+    def may_write(self) -> bool:
+        """True if this session's identity may write scratch points."""
+        return self.role in ("admin", "operator") or not self.sim.enforce_authz
+
+    async def create_session(self, params: ua.CreateSessionParameters,
+                             sockname: tuple[str, int] | None = None) -> ua.CreateSessionResult:
+        sim = self.sim
+        sim.plc.note_request()
+        try:
+            if sim.session_limit is not None and len(sim.sessions) >= sim.session_limit:
+                raise ServiceError(ua.StatusCodes.BadTooManySessions)
+            if not sim.offers_none and not params.ClientCertificate:
+                # Every offered endpoint needs a client certificate.
+                raise ServiceError(ua.StatusCodes.BadSecurityChecksFailed)
+            result = await super().create_session(params, sockname)
+        except BaseException:
+            await self.close_session()
+            raise
+        self.client_certificate = bytes(params.ClientCertificate or b"") or None
+        sim.sessions.add(self)
+        return result
+
+    async def close_session(self, delete_subs: bool = True) -> None:
+        self.sim.sessions.discard(self)
+        await super().close_session(delete_subs)
+
+    def activate_session(self, params: ua.ActivateSessionParameters,
+                         peer_certificate: bytes | None) -> ua.ActivateSessionResult:
+        sim = self.sim
+        if not sim.offers_none and not peer_certificate:
+            # A SecurityPolicy None channel although no None endpoint is offered.
+            raise ServiceError(ua.StatusCodes.BadSecurityPolicyRejected)
+        if sim.validate_certs and peer_certificate and peer_certificate != self.client_certificate:
+            # The channel was secured with another certificate than CreateSession presented.
+            raise ServiceError(ua.StatusCodes.BadCertificateInvalid)
+        manager = sim.user_manager
+        manager.pending_kind = _token_kind(params.UserIdentityToken)
+        manager.granted_role = None
+        try:
+            result = super().activate_session(params, peer_certificate)
+        finally:
+            manager.pending_kind = None
+        self.role = manager.granted_role or "readonly"
+        return result
+
+    async def read(self, params: ua.ReadParameters) -> list[ua.DataValue]:
+        self.sim.plc.note_request()
+        results = await super().read(params)
+        if not self.may_write():
+            for i, item in enumerate(params.NodesToRead):
+                if (item.AttributeId == ua.AttributeIds.UserAccessLevel
+                        and item.NodeId in self.sim.writable_ids):
+                    results[i] = ua.DataValue(
+                        ua.Variant(ua.AccessLevel.CurrentRead.mask, ua.VariantType.Byte))
+        return results
+
+    async def write(self, params: ua.WriteParameters) -> list[ua.StatusCode]:
+        sim = self.sim
+        sim.plc.note_request()
+        results: list[ua.StatusCode | None] = [None] * len(params.NodesToWrite)
+        others: list[tuple[int, ua.WriteValue]] = []
+        for i, item in enumerate(params.NodesToWrite):
+            point = sim.points.get(item.NodeId)
+            if point is None:
+                others.append((i, item))
+            else:
+                results[i] = await sim.write_point(point, item, self.may_write())
+        if others:
+            rest = await super().write(ua.WriteParameters(NodesToWrite=[w for _, w in others]))
+            for (i, _), status in zip(others, rest, strict=True):
+                results[i] = status
+        return [r if r is not None else ua.StatusCode(ua.StatusCodes.BadInternalError)
+                for r in results]
+
+    async def browse(self, params: ua.BrowseParameters) -> list[ua.BrowseResult]:
+        self.sim.plc.note_request()
+        return await super().browse(params)
+
+
+class _InternalServer(InternalServer):
+    """asyncua's internal server, making :class:`_Session` objects."""
+
+    def __init__(self, sim: OpcuaPlc) -> None:
+        self.sim = sim
+        super().__init__(user_manager=sim.user_manager)  # type: ignore[arg-type]
+
+    def create_session(self, name: str, user: User | None = None,
+                       external: bool = False) -> InternalSession:
+        return _Session(self.sim, self, self.aspace, self.subscription_service, name,
+                        user=user or User(role=UserRole.Anonymous), external=external)
+
+
+class OpcuaPlc:
+    """The simulator: a PLC core behind an asyncua server.
+
+    :param args: the parsed command line (weaknesses, config, host, port).
+    """
+
+    def __init__(self, args: common.SimArgs) -> None:
+        self.args = args
+        self.config = args.config
+        has = args.has
+        fragile = (plcmod.FragileConfig(self.config.fragile_threshold_rps,
+                                        self.config.fragile_recovery_s)
+                   if has("load.fragile") else None)
+        self.plc = plcmod.PLC(args.scan_period_s, fragile)
+        self.offers_none = has("opcua.policy_none")
+        self.validate_certs = not has("opcua.accepts_untrusted_certs")
+        self.anonymous = has("opcua.anonymous")
+        self.enforce_authz = not has("opcua.no_authz")
+        self.user_enumeration = has("opcua.user_enumeration")
+        self.session_limit: int | None = (None if has("opcua.no_session_limit")
+                                          else self.config.session_limit)
+        self.lockout = common.Lockout(self.config.lockout_threshold,
+                                      self.config.lockout_duration_s,
+                                      enabled=not has("opcua.no_lockout"))
+        self.trust = TrustList([])
+        self.sessions: set[_Session] = set()
+        self.points: dict[ua.NodeId, Point] = {}
+        self.writable_ids: frozenset[ua.NodeId] = frozenset()
+        self.namespace_index = 0
+        self.url = ""
+        self._pushed: dict[ua.NodeId, int] = {}
+        self.user_manager = _UserManager(self)
+        self.iserver = _InternalServer(self)
+        self.server = Server(iserver=self.iserver)
+
+    # -- set-up -----------------------------------------------------------------------
+    async def _configure(self, certs: CertBundle) -> None:
+        args, server, iserver = self.args, self.server, self.iserver
+        has = args.has
+        await server.set_application_uri(APPLICATION_URI)
+        server.set_server_name("harness OPC UA PLC simulator")
+        server.product_uri = "urn:harness:simulator"
+        server.manufacturer_name = "harness"
+        server.application_type = ua.ApplicationType.Server
+        iserver.certificate = certs.server_cert
+        iserver.private_key = certs.server_key
+        self.trust = TrustList([certs.ca_cert])
+
+        policies = list(HARDENED_POLICIES)
+        if has("opcua.deprecated_policies"):
+            policies += DEPRECATED_POLICIES
+        if self.offers_none:
+            policies.insert(0, _P.NoSecurity)
+        server.set_security_policy(policies)
+        tokens: list[type] = [ua.UserNameIdentityToken, ua.X509IdentityToken]
+        if self.anonymous:
+            tokens.insert(0, ua.AnonymousIdentityToken)
+        server.set_identity_tokens(tokens)
+        if self.validate_certs:
+            server.set_certificate_validator(self._validate_client_certificate)
+
+        if has("opcua.no_session_timeout"):
+            iserver.min_session_timeout_ms = iserver.max_session_timeout_ms = NO_TIMEOUT_MS
+        else:
+            timeout_ms = max(self.config.idle_timeout_s * 1000.0, 100.0)
+            iserver.max_session_timeout_ms = timeout_ms
+            iserver.min_session_timeout_ms = min(timeout_ms, 1000.0)
+            # A connection that never activates a session is idle too.
+            iserver.max_pending_activation_seconds = max(timeout_ms / 1000.0, 1.0)
+
+        host = args.host
+        netloc = f"[{host}]" if ":" in host else host
+        server.set_endpoint(f"opc.tcp://{netloc}:{args.port}{ENDPOINT_PATH}")
+        await self._add_nodes()
+
+    async def _add_nodes(self) -> None:
+        idx = await self.server.register_namespace(NAMESPACE_URI)
+        self.namespace_index = idx
+        plc_obj = await self.server.nodes.objects.add_object(
+            ua.NodeId("PLC", idx), ua.QualifiedName("PLC", idx))
+        with self.plc.image.lock:
+            values = [self.plc.image.holding[p.address] for p in POINTS]
+        for point, value in zip(POINTS, values, strict=True):
+            nodeid = ua.NodeId(point.name, idx)
+            var = await plc_obj.add_variable(
+                nodeid, ua.QualifiedName(point.name.removeprefix("PLC."), idx),
+                ua.Variant(value, ua.VariantType.UInt16))
+            if point.writable:
+                await var.set_writable()
+            self.points[nodeid] = point
+            self._pushed[nodeid] = value
+        self.writable_ids = frozenset(n for n, p in self.points.items() if p.writable)
+
+    def _fix_endpoints(self, port: int) -> None:
+        """Put the real port in the endpoint descriptions (asyncua keeps the configured 0), and
+        with ``opcua.policy_none`` let the None endpoint take a plaintext password."""
+        self.server.endpoint = self.server.endpoint._replace(
+            netloc=f"{self.server.endpoint.netloc.rpartition(':')[0]}:{port}")
+        self.url = self.server.endpoint.geturl()
+        for edp in self.iserver.endpoints:
+            edp.EndpointUrl = self.url
+            edp.Server.DiscoveryUrls = [self.url]
+            if edp.SecurityMode == ua.MessageSecurityMode.None_:
+                for token in edp.UserIdentityTokens:
+                    if token.TokenType == ua.UserTokenType.UserName:
+                        token.SecurityPolicyUri = security_policies.SecurityPolicyNone.URI
+
+    async def _validate_client_certificate(self, cert: x509.Certificate,
+                                           description: ua.ApplicationDescription) -> None:
+        uri = description.ApplicationUri if description is not None else ""
+        status = self.trust.check(cert, uri or "")
+        if status is not None:
+            raise ServiceError(getattr(ua.StatusCodes, status))
+
+    # -- process image ----------------------------------------------------------------
+    async def write_point(self, point: Point, item: ua.WriteValue,
+                          may_write: bool) -> ua.StatusCode:
+        """Write one client value into the image (and the node); return the status."""
+        if item.AttributeId != ua.AttributeIds.Value or not point.writable:
+            return ua.StatusCode(ua.StatusCodes.BadNotWritable)
+        if not may_write:
+            return ua.StatusCode(ua.StatusCodes.BadUserAccessDenied)
+        variant = item.Value.Value if item.Value is not None else None
+        if variant is None or variant.VariantType not in _INTEGER_VARIANTS \
+                or not isinstance(variant.Value, int):
+            return ua.StatusCode(ua.StatusCodes.BadTypeMismatch)
+        value = variant.Value
+        if not 0 <= value <= 0xFFFF:
+            return ua.StatusCode(ua.StatusCodes.BadOutOfRange)
+        with self.plc.image.lock:
+            self.plc.image.holding[point.address] = value
+        await self._push(item.NodeId, value)
+        return ua.StatusCode(ua.StatusCodes.Good)
+
+    async def _push(self, nodeid: ua.NodeId, value: int) -> None:
+        now = dt.datetime.now(dt.UTC)
+        self._pushed[nodeid] = value
+        await self.server.write_attribute_value(nodeid, ua.DataValue(
+            ua.Variant(value, ua.VariantType.UInt16), SourceTimestamp=now, ServerTimestamp=now))
+
+    async def _sync_loop(self) -> None:
+        """Push changed image values into the nodes every :data:`SYNC_PERIOD_S`."""
+        ids = list(self.points)
+        while True:
+            with self.plc.image.lock:
+                values = [self.plc.image.holding[self.points[n].address] for n in ids]
+            for nodeid, value in zip(ids, values, strict=True):
+                if self._pushed.get(nodeid) != value:
+                    await self._push(nodeid, value)
+            await asyncio.sleep(SYNC_PERIOD_S)
+
+    # -- life cycle -------------------------------------------------------------------
+    def endpoints(self, certs: CertBundle, port: int) -> dict[str, Any]:
+        """The ``endpoints`` object of the ready line."""
+        idx = self.namespace_index
+
+        def node(name: str) -> str:
+            return f"ns={idx};s={name}"
+
+        return {"opcua": {
+            "url": self.url,
+            "host": self.args.host,
+            "port": port,
+            "application_uri": APPLICATION_URI,
+            "client_application_uri": CLIENT_APPLICATION_URI,
+            "namespace_uri": NAMESPACE_URI,
+            "namespace_index": idx,
+            "server_cert": certs.paths["server_cert"],
+            "client_cert": certs.paths["client_cert"],
+            "client_key": certs.paths["client_key"],
+            "ca_cert": certs.paths["ca_cert"],
+            "ca_key": certs.paths["ca_key"],
+            "nodes": {
+                "heartbeat": node("PLC.Heartbeat"),
+                "setpoint": node("PLC.Setpoint"),
+                "process_value": node("PLC.ProcessValue"),
+                "output": node("PLC.Output"),
+                "scratch": [node(p.name) for p in POINTS if p.name.startswith("PLC.Scratch.")],
+                "protected": [node(p.name) for p in POINTS
+                              if p.name.startswith("PLC.Protected.")],
+            },
+        }}
+
+    async def serve(self, certs_future: concurrent.futures.Future[CertBundle],
+                    stop: asyncio.Event) -> int:
+        """Start, announce readiness, serve until ``stop`` is set, shut down; return 0.
+
+        :raises StartupError: when the server cannot start.
+        """
+        await self.server.init()  # the standard address space: the slow part (~1.5 s)
+        certs = await asyncio.wrap_future(certs_future)
+        await self._configure(certs)
+        if stop.is_set():
+            return 0
+        try:
+            await self.server.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {self.args.host}:{self.args.port}: "
+                               f"{exc.strerror or exc}") from exc
+        bserver = self.server.bserver
+        port = bserver.port if bserver is not None and bserver.port else self.args.port
+        self._fix_endpoints(port)
+        self.plc.start()
+        sync = asyncio.create_task(self._sync_loop())
+        try:
+            common.ready(NAME, self.endpoints(certs, port), self.args.weaknesses)
+            await stop.wait()
+        finally:
+            sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sync
+            # asyncua's clock task sleeps 1 s between ticks; cancel it rather than wait.
+            clock = self.iserver.time_task
+            if clock is not None:
+                clock.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await clock
+                self.iserver.time_task = None
+            await self.server.stop()
+            self.plc.stop()
+        return 0

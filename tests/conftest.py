@@ -1,0 +1,143 @@
+"""Fixtures shared by the harness's own tests.
+
+- ``lab``: a factory that brings up a bundled-simulator lab (only the simulators asked for, with
+  single weaknesses switched on) and tears every lab down at the end of the test;
+- ``run_harness``: runs ``harness run`` as a real subprocess against a profile and returns the
+  exit code, the parsed results.json and the output, so tests assert on verdicts the way a user
+  would see them;
+- ``write_profile``: writes a profile YAML (from a dict) into the test's temp folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Lab:
+    """A running lab."""
+
+    state: dict[str, Any]
+    state_dir: Path
+
+    @property
+    def profile_path(self) -> Path:
+        """The generated device profile."""
+        return self.state_dir / "profile.yaml"
+
+    def profile(self) -> dict[str, Any]:
+        """The generated profile as a dict (to derive variants from)."""
+        data: dict[str, Any] = yaml.safe_load(self.profile_path.read_text())
+        return data
+
+    def endpoints(self, simulator: str) -> dict[str, Any]:
+        """A simulator's ready-line endpoints."""
+        eps: dict[str, Any] = self.state["simulators"][simulator]["endpoints"]
+        return eps
+
+
+@pytest.fixture
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Lab]]:
+    """``lab(simulators=[...], weaknesses=[...], posture="hardened", policy={...})``."""
+    from harness.lab import LabDefinition, lab_down, lab_up
+
+    started: list[Path] = []
+
+    def start(simulators: list[str], weaknesses: list[str] | None = None,
+              posture: str = "hardened", policy: dict[str, Any] | None = None,
+              **overrides: Any) -> Lab:
+        definition = LabDefinition.model_validate({
+            "name": "test", "posture": posture, "simulators": simulators,
+            "weaknesses": weaknesses or [], "policy": policy or {}, **overrides})
+        state_dir = tmp_path_factory.mktemp("lab") / "state"
+        state = lab_up(definition, state_dir)
+        started.append(state_dir)
+        return Lab(state, state_dir)
+
+    yield start
+    for state_dir in started:
+        if (state_dir / "state.json").exists():
+            lab_down(state_dir)
+
+
+@dataclass
+class RunResult:
+    """What ``harness run`` produced."""
+
+    code: int
+    stdout: str
+    stderr: str
+    out: Path
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def checks(self, contains: str = "") -> list[dict[str, Any]]:
+        """Results of the checks whose node id contains ``contains``."""
+        return [c for c in self.results.get("checks", []) if contains in c["nodeid"]]
+
+    def verdict(self, contains: str) -> str:
+        """The verdict of the one check whose node id contains ``contains``."""
+        found = self.checks(contains)
+        assert len(found) == 1, (
+            f"expected one check matching {contains!r}, got {[c['nodeid'] for c in found]}\n"
+            f"stdout:\n{self.stdout[-3000:]}\nstderr:\n{self.stderr[-3000:]}")
+        return str(found[0]["verdict"])
+
+    def verdicts(self) -> dict[str, str]:
+        """Node id -> verdict."""
+        return {c["nodeid"]: c["verdict"] for c in self.results.get("checks", [])}
+
+
+def harness_cmd(*args: str) -> list[str]:
+    """The command line of ``harness`` in this interpreter."""
+    return [sys.executable, "-m", "harness.cli", *args]
+
+
+@pytest.fixture
+def run_harness(tmp_path: Path) -> Callable[..., RunResult]:
+    """``run_harness(profile, k=None, allow_disruptive=True, extra=(), timeout=300)``."""
+    counter = iter(range(1000))
+
+    def run(profile: Path | str, k: str | None = None, *, allow_disruptive: bool = True,
+            extra: tuple[str, ...] = (), timeout: float = 300,
+            env: dict[str, str] | None = None) -> RunResult:
+        out = tmp_path / f"run{next(counter)}"
+        cmd = harness_cmd("run", str(profile), "--out", str(out))
+        if allow_disruptive:
+            cmd.append("--allow-disruptive")
+        if k:
+            cmd += ["-k", k]
+        if extra:
+            cmd += ["--", *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              cwd=REPO_ROOT, env={**os.environ, "CI": "true", **(env or {})},
+                              check=False)
+        results = {}
+        if (out / "results.json").exists():
+            results = json.loads((out / "results.json").read_text())
+        return RunResult(proc.returncode, proc.stdout, proc.stderr, out, results)
+
+    return run
+
+
+@pytest.fixture
+def write_profile(tmp_path: Path) -> Callable[[dict[str, Any], str], Path]:
+    """Write ``data`` as YAML to ``tmp_path/name`` and return the path."""
+
+    def write(data: dict[str, Any], name: str = "profile.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write
