@@ -45,9 +45,10 @@ EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 FIXTURE_MODULES = (
     "harness.fixtures.core",
     "harness.fixtures.modbus",
+    "harness.fixtures.modbus_tls",
     "harness.fixtures.opcua",
     "harness.fixtures.ssh",
-    "harness.fixtures.serial",
+    "harness.fixtures.console",
     "harness.fixtures.load",
 )
 
@@ -238,6 +239,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         reason = reason.removeprefix("Skipped: ")
         decision = item.stash[_decision_key]
+        if isinstance(exc, NotApplicable | NotRun):
+            reason = str(exc.msg)
         if isinstance(exc, NotApplicable):
             verdict = (Verdict.NOT_APPLICABLE, reason)
         elif isinstance(exc, NotRun) or (not decision.runs and decision.verdict is Verdict.NOT_RUN):
@@ -247,6 +250,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
         else:  # a bare pytest.skip() in a check is a check that did not decide
             verdict = (Verdict.ERROR, f"check skipped itself without a verdict: {reason}")
             report.outcome = "failed"
+            report.longrepr = verdict[1]
     elif report.failed:
         if call.when == "call":
             verdict = _classify_failure(item, call)

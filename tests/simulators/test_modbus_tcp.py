@@ -292,6 +292,8 @@ def test_unauthenticated_writes_accepts_scratch_writes(writable: dict[str, Any])
     try:
         assert not client.write_register(101, 4242, device_id=1).isError()
         assert not client.write_registers(102, [1, 2], device_id=1).isError()
+        assert not client.write_registers(300, list(range(123)), device_id=1).isError()
+        assert not client.write_coils(300, [True] * 700, device_id=1).isError()
         assert not client.write_coil(101, True, device_id=1).isError()
         assert not client.write_coils(102, [True, False, True], device_id=1).isError()
         assert not client.mask_write_register(address=105, and_mask=0x00FF, or_mask=0x0F00,
@@ -307,6 +309,9 @@ def test_unauthenticated_writes_accepts_scratch_writes(writable: dict[str, Any])
     raw = Raw(endpoint(writable))
     try:
         assert raw.read_registers(106) == [9]
+        assert raw.read_registers(300, 123) == list(range(123))
+        assert raw.request(read_pdu(1, 992, 8)) == b"\x01\x01\x00"  # past the 700 written
+        assert raw.request(read_pdu(1, 991, 8)) == b"\x01\x01\x01"
     finally:
         raw.close()
 

@@ -1,0 +1,1 @@
+"""The conformance checks: pytest tests grouped by foundational requirement (see README.md)."""
