@@ -97,8 +97,10 @@ def collect_checks(profile_path: str, extra: Sequence[str] = ()) -> list[CheckSp
 
     tdir = testcases_dir()
     buf = io.StringIO()
+    _isolate_pytest()
     with contextlib.redirect_stdout(buf):
-        code = pytest.main([str(tdir), "--collect-only", "-q", "-p", "no:cacheprovider",
+        code = pytest.main([str(tdir), "--collect-only", "-q", "-p", "harness.plugin",
+                            "-p", "no:cacheprovider",
                             "--rootdir", str(tdir.parent), "--profile", profile_path, *extra],
                            plugins=[Collector()])
     if code not in (0, 5):
@@ -106,6 +108,12 @@ def collect_checks(profile_path: str, extra: Sequence[str] = ()) -> list[CheckSp
 
         raise UsageError(f"collecting the checks failed (pytest exit {code}):\n{buf.getvalue()}")
     return specs
+
+
+def _isolate_pytest() -> None:
+    """Run pytest with our plugin only: no third-party plugin changes a conformance run
+    (or slows its start-up); ask for one explicitly with ``-- -p NAME``."""
+    os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 
 
 def _traffic(spec: CheckSpec, loaded: LoadedProfile) -> str:
@@ -207,8 +215,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     loaded = _load(args.profile)
     tdir = testcases_dir()
     out = Path(args.out).resolve()
+    _isolate_pytest()
     pargs = [str(tdir), "--profile", str(loaded.path), "--harness-out", str(out),
-             "-p", "no:cacheprovider", "--rootdir", str(tdir.parent), "--strict-markers",
+             "-p", "harness.plugin", "-p", "no:cacheprovider", "--rootdir", str(tdir.parent), "--strict-markers",
              "-o", "console_output_style=classic", "-rfE"]
     pargs.append("-q" if not args.verbose else "-v")
     if args.allow_disruptive:

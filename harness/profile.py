@@ -483,8 +483,8 @@ class Profile(Strict):
                     ref = getattr(creds, field_name)
                     if ref is not None and ref.scheme == "inline":
                         problems.append(
-                            f"accounts.{role}.{field_name}: inline secret refused; use env:NAME or "
-                            "file:PATH (or set allow_insecure_inline_secrets: true)")
+                            f"accounts.{role}.{field_name}: inline secret refused (use env:NAME or "
+                            "file:PATH, or set allow_insecure_inline_secrets: true)")
         if self.targets is not None:
             nets = [ipaddress.ip_network(t) for t in self.targets]
             for host in self.interfaces.hosts():
@@ -570,10 +570,16 @@ def _locate(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    # pydantic puts the union/discriminator tag into the location: drop it.
-    tags = {"ModbusPoints", "OpcUaPoint", "modbus", "opcua", "modbus_heartbeat", "opcua_read",
-            "tcp_connect", "function-after[_dev(), str]"}
-    return tuple(p for p in loc if not (isinstance(p, str) and (p in tags or "[" in p)))
+    # pydantic puts a discriminated union's tag right after the list index: drop it.
+    out: list[Any] = []
+    for p in loc:
+        if out and isinstance(out[-1], int) and isinstance(p, str) and p in _UNION_TAGS:
+            continue
+        out.append(p)
+    return tuple(out)
+
+
+_UNION_TAGS = {"modbus", "opcua", "modbus_heartbeat", "opcua_read", "tcp_connect"}
 
 
 def _message(err: dict[str, Any]) -> str:
@@ -618,6 +624,13 @@ def load_profile(path: str | os.PathLike[str]) -> LoadedProfile:
         problems = []
         for err in exc.errors():
             loc = _clean_loc(tuple(err["loc"]))
+            if not loc and err.get("type") == "value_error":
+                # whole-profile consistency problems carry their own "path: message" parts
+                for part in _message(dict(err)).split("; "):
+                    dotted, _, msg = part.partition(": ")
+                    where = tuple(int(x) if x.isdigit() else x for x in dotted.split("."))
+                    problems.append(f"{name}:{_locate(lines, where)}: {dotted}: {msg}")
+                continue
             dotted = ".".join(str(x) for x in loc) or "(top level)"
             problems.append(f"{name}:{_locate(lines, loc)}: {dotted}: {_message(dict(err))}")
         raise ProfileError(name, problems) from None

@@ -220,7 +220,8 @@ class PduEngine:
         else:
             with self._lock:
                 values = table[address:end]
-        return bytes((fc, count << 1)) + _REG_STRUCTS[count].pack(*values)
+        packed: bytes = _REG_STRUCTS[count].pack(*values)
+        return bytes((fc, count << 1)) + packed
 
     # -- writes ------------------------------------------------------------------------
     def _write_coil(self, pdu: bytes) -> bytes:
@@ -355,7 +356,8 @@ class PduEngine:
         with self._lock:  # the specification performs the write before the read
             self.plc.image.holding[write_addr : write_addr + in_table] = values[:in_table]
             read = self._read_range(self.plc.image.holding, read_addr, read_count)
-        return bytes((23, read_count << 1)) + _REG_STRUCTS[read_count].pack(*read)
+        packed: bytes = _REG_STRUCTS[read_count].pack(*read)
+        return bytes((23, read_count << 1)) + packed
 
     # -- extra services (modbus.extra_function_codes) ------------------------------------
     def _diagnostics(self, pdu: bytes) -> bytes | None:
@@ -391,9 +393,7 @@ class PduEngine:
         else:
             start = object_id if object_id in _DEVICE_ID_OBJECTS else 0
             ids = [i for i in sorted(_DEVICE_ID_OBJECTS) if i >= start]
-        body = b"".join(
-            bytes((i, len(_DEVICE_ID_OBJECTS[i]))) + _DEVICE_ID_OBJECTS[i] for i in ids
-        )
+        body = b"".join(bytes((i, len(_DEVICE_ID_OBJECTS[i]))) + _DEVICE_ID_OBJECTS[i] for i in ids)
         # conformity level 0x81: basic identification, stream and individual access
         return bytes((43, 14, read_code, 0x81, 0, 0, len(ids))) + body
 

@@ -68,7 +68,7 @@ def _crc_table() -> list[int]:
 _CRC_TABLE = _crc_table()
 
 
-def crc16(data: bytes) -> int:
+def crc16(data: bytes | bytearray) -> int:
     """CRC-16/Modbus of ``data`` (initial 0xFFFF, reflected polynomial 0xA001)."""
     crc = 0xFFFF
     table = _CRC_TABLE

@@ -80,7 +80,11 @@ def stop_event() -> asyncio.Event:
     """An event set on SIGTERM or SIGINT (call from inside the running loop)."""
     loop = asyncio.get_running_loop()
     event = asyncio.Event()
-    common.install_stop_handler(lambda: loop.call_soon_threadsafe(event.set))
+
+    def on_stop() -> None:
+        loop.call_soon_threadsafe(event.set)
+
+    common.install_stop_handler(on_stop)
     return event
 
 
@@ -124,7 +128,7 @@ class ModbusTcpServer:
         self.crash_on_malformed = crash_on_malformed
         self.write_permission = write_permission
         #: Transports currently served (within the limit).
-        self.connections: set[asyncio.BaseTransport] = set()
+        self.connections: set[asyncio.Transport] = set()
         #: True once ``crash_on_malformed`` has fired: nothing is answered any more.
         self.muted = False
 
@@ -166,7 +170,8 @@ class MbapProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._served:
-            self._server.connections.discard(self._transport)  # type: ignore[arg-type]
+            if self._transport is not None:
+                self._server.connections.discard(self._transport)
             self._served = False
 
     def pause_writing(self) -> None:
@@ -270,9 +275,7 @@ async def _serve(args: common.SimArgs) -> str | None:
             "modbus": {"host": args.host, "port": port, "unit": unit}
         }
         if args.has("net.extra_open_port"):
-            extra = await asyncio.start_server(
-                lambda r, w: _debug_service(plc, r, w), args.host, 0
-            )
+            extra = await asyncio.start_server(lambda r, w: _debug_service(plc, r, w), args.host, 0)
             listeners.append(extra)
             endpoints["extra"] = {"host": args.host, "port": extra.sockets[0].getsockname()[1]}
     except OSError as exc:

@@ -118,10 +118,12 @@ def generate_pki(state_dir: str, host: str) -> dict[str, str]:
     now = datetime.datetime.now(datetime.UTC)
     not_before, not_after = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=7)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Harness Sim"),
-        x509.NameAttribute(NameOID.COMMON_NAME, "Harness Sim Modbus/TCP Security test CA"),
-    ])
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Harness Sim"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "Harness Sim Modbus/TCP Security test CA"),
+        ]
+    )
     ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
     ca_cert = (
         x509.CertificateBuilder()
@@ -134,9 +136,15 @@ def generate_pki(state_dir: str, host: str) -> dict[str, str]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -144,9 +152,11 @@ def generate_pki(state_dir: str, host: str) -> dict[str, str]:
         .sign(ca_key, hashes.SHA256())
     )
     server_key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [x509.DNSName("localhost"),
-                                     x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                     x509.IPAddress(ipaddress.ip_address("::1"))]
+    names: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+    ]
     try:
         host_ip = ipaddress.ip_address(host)
         if x509.IPAddress(host_ip) not in names:
@@ -156,10 +166,14 @@ def generate_pki(state_dir: str, host: str) -> dict[str, str]:
             names.append(x509.DNSName(host))
     server_cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Harness Sim"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "hsim-plc modbus/tcp security"),
-        ]))
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Harness Sim"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, "hsim-plc modbus/tcp security"),
+                ]
+            )
+        )
         .issuer_name(ca_name)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
@@ -255,7 +269,11 @@ async def _serve(args: common.SimArgs) -> str | None:
     )
     try:
         listener = await loop.create_server(
-            server.protocol, args.host, args.port, backlog=128, ssl=ctx,
+            server.protocol,
+            args.host,
+            args.port,
+            backlog=128,
+            ssl=ctx,
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
         )
     except OSError as exc:
@@ -264,8 +282,16 @@ async def _serve(args: common.SimArgs) -> str | None:
     plc.start()
     common.ready(
         NAME,
-        {"mbtls": {"host": args.host, "port": port, "unit": unit, "ca_cert": paths["ca_cert"],
-                   "ca_key": paths["ca_key"], "server_cert": paths["server_cert"]}},
+        {
+            "mbtls": {
+                "host": args.host,
+                "port": port,
+                "unit": unit,
+                "ca_cert": paths["ca_cert"],
+                "ca_key": paths["ca_key"],
+                "server_cert": paths["server_cert"],
+            }
+        },
         args.weaknesses,
     )
     try:

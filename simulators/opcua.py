@@ -60,6 +60,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import logging
+import socket
 import sys
 import threading
 
@@ -98,11 +99,25 @@ class _StopSignal:
         return event
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Fail fast (before the slow asyncua start) when a fixed port is already taken."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            common.fail(NAME, f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the simulator until SIGTERM; return the exit status."""
     args = common.parse_args(NAME, WEAKNESSES, argv, add_arguments=_add_arguments)
     stop = _StopSignal()
     common.install_stop_handler(stop.request)
+    _check_port_free(args.host, args.port)
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         level=logging.INFO if args.extra.get("verbose") else logging.CRITICAL)
     # Certificates are made in a thread (RSA key generation releases the GIL) while asyncua is

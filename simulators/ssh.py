@@ -71,12 +71,14 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import paramiko
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from paramiko.common import MSG_CHANNEL_REQUEST
 from paramiko.kex_curve25519 import KexCurve25519
 from paramiko.kex_group14 import KexGroup14SHA256
 
@@ -226,6 +228,25 @@ def _make_transport(sock: socket.socket, algorithms: AlgorithmSet) -> paramiko.T
     return transport
 
 
+def _after_channel_requests(transport: paramiko.Transport,
+                            hook: Callable[[paramiko.Channel], None]) -> None:
+    """Call ``hook(channel)`` after paramiko has answered each channel request.
+
+    A shell or exec thread started from inside ``check_channel_*_request`` can close its
+    channel before paramiko sends the request's success reply, and the client then sees the
+    channel closed under it. Starting the thread from here keeps the order right.
+    """
+    table = dict(transport._channel_handler_table)
+    answer = table[MSG_CHANNEL_REQUEST]
+
+    def handle_request(channel: paramiko.Channel, message: paramiko.Message) -> None:
+        answer(channel, message)
+        hook(channel)
+
+    table[MSG_CHANNEL_REQUEST] = handle_request
+    transport._channel_handler_table = table
+
+
 # -- keys -----------------------------------------------------------------------------------
 
 def _write_private(path: str, data: bytes) -> None:
@@ -321,6 +342,8 @@ class _Connection:
     ptys: set[int] = field(default_factory=set)
     #: User name of a pending keyboard-interactive login.
     interactive_user: str = ""
+    #: Accepted shell (None) and exec (command) requests whose thread has not started yet.
+    pending: dict[int, str | None] = field(default_factory=dict)
 
 
 class _DeviceServer(paramiko.ServerInterface):
@@ -470,12 +493,23 @@ class SSHSimulator:
 
     def start_channel(self, conn: _Connection, channel: paramiko.Channel,
                       command: str | None) -> bool:
-        """Start the thread serving a shell (``command`` None) or exec request."""
+        """Accept a shell (``command`` None) or exec request; its thread starts once
+        paramiko has sent the reply (see :func:`_after_channel_requests`)."""
         if conn.account is None or self.stopping.is_set():
             return False
         with self.lock:
-            if channel in conn.channels:
+            if channel in conn.channels or channel.get_id() in conn.pending:
                 return False  # a second shell/exec on the same channel
+            conn.pending[channel.get_id()] = command
+        return True
+
+    def _start_pending(self, conn: _Connection, channel: paramiko.Channel) -> None:
+        with self.lock:
+            if channel.get_id() not in conn.pending:
+                return
+            command = conn.pending.pop(channel.get_id())
+            if self.stopping.is_set():
+                return
             conn.channels.append(channel)
             if command is None:
                 conn.shells.append(channel)
@@ -485,7 +519,6 @@ class SSHSimulator:
                                       name=f"ssh-chan-{channel.get_id()}", daemon=True)
             self._threads.append(thread)
         thread.start()
-        return True
 
     # -- channel service -----------------------------------------------------------------
     def _serve_channel(self, conn: _Connection, channel: paramiko.Channel,
@@ -578,6 +611,7 @@ class SSHSimulator:
             for key in self.keys.host_keys:
                 transport.add_server_key(key)
             conn = _Connection(sock, transport, now, now)
+            _after_channel_requests(transport, lambda chan: self._start_pending(conn, chan))
             with self.lock:
                 self._conns.append(conn)
             transport.start_server(event=threading.Event(), server=_DeviceServer(self, conn))

@@ -15,6 +15,10 @@ asyncua 2.1 does most of the protocol; this module adds what a hardened device n
   connection cap answering BadMaxConnectionsReached; the simulator counts its own sessions and
   answers BadTooManySessions at CreateSession. The idle timeout uses asyncua's own watchdog with
   the server's minimum and maximum session timeout both set from the config.
+- **Refused security policies** (:class:`_Processor`): asyncua ignores an OpenSecureChannel
+  for a policy it does not offer, and the client waits for its timeout; the simulator answers
+  with an Error message, BadSecurityPolicyRejected, and closes the connection, as the
+  specification asks.
 - **Authorization** (:meth:`_Session.write`): asyncua gives every non-admin user the node's
   static access level; the simulator decides per role, and reports the per-user
   UserAccessLevel on reads.
@@ -34,8 +38,11 @@ from asyncua import Server, ua
 from asyncua.common.utils import ServiceError
 from asyncua.crypto import security_policies
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.binary_server_asyncio import BinaryServer, OPCUAProtocol
 from asyncua.server.internal_server import InternalServer
 from asyncua.server.internal_session import InternalSession
+from asyncua.server.uaprocessor import UaProcessor
+from asyncua.ua.ua_binary import struct_from_binary, uatcp_to_binary
 from cryptography import x509
 
 from simulators import common
@@ -267,6 +274,82 @@ class _InternalServer(InternalServer):
                         user=user or User(role=UserRole.Anonymous), external=external)
 
 
+class _Processor(UaProcessor):
+    """asyncua's message processor, refusing OpenSecureChannel for policies not offered."""
+
+    def __init__(self, sim: OpcuaPlc, *args: Any) -> None:
+        self.sim = sim
+        super().__init__(*args)
+
+    def _refuse(self, status: int, reason: str) -> bool:
+        err = ua.ErrorMessage(ua.StatusCode(status), reason)
+        self._transport.write(uatcp_to_binary(ua.MessageType.Error, err))
+        return False  # the protocol closes the connection
+
+    async def process(self, header: Any, body: Any) -> bool:
+        opening = (header.MessageType == ua.MessageType.SecureOpen
+                   and not self._connection.is_open())
+        if opening:
+            algorithm = struct_from_binary(ua.AsymmetricAlgorithmHeader,
+                                           body.copy(header.body_size))
+            if algorithm.SecurityPolicyURI not in self.sim.channel_policy_uris:
+                return self._refuse(ua.StatusCodes.BadSecurityPolicyRejected,
+                                    f"security policy not offered: {algorithm.SecurityPolicyURI}")
+        try:
+            return bool(await super().process(header, body))
+        except ua.UaError as exc:
+            if not opening:
+                raise
+            return self._refuse(ua.StatusCodes.BadSecurityChecksFailed, str(exc))
+
+
+class _Protocol(OPCUAProtocol):
+    """One client connection, processed by :class:`_Processor`."""
+
+    def __init__(self, sim: OpcuaPlc, **kwargs: Any) -> None:
+        self.sim = sim
+        super().__init__(**kwargs)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.processor is not None:  # None when refused at asyncua's connection cap
+            self.processor = _Processor(self.sim, self.iserver, self.transport, self.limits)
+            self.processor.set_policies(self.policies)
+
+
+class _BinaryServer(BinaryServer):
+    """asyncua's TCP server, making :class:`_Protocol` objects."""
+
+    def __init__(self, sim: OpcuaPlc, *args: Any) -> None:
+        self.sim = sim
+        super().__init__(*args)
+
+    def _make_protocol(self) -> OPCUAProtocol:
+        return _Protocol(self.sim, iserver=self.iserver, policies=self._policies,
+                         clients=self.clients, closing_tasks=self.closing_tasks,
+                         limits=self.limits)
+
+
+class _Server(Server):
+    """asyncua's server with :class:`_BinaryServer` as its TCP front."""
+
+    def __init__(self, sim: OpcuaPlc) -> None:
+        self.sim = sim
+        super().__init__(iserver=sim.iserver)
+
+    async def start(self) -> None:
+        await self._setup_server_nodes()
+        await self.iserver.start()
+        try:
+            host, port = self._get_bind_socket_info()
+            self.bserver = _BinaryServer(self.sim, self.iserver, host, port, self.limits)
+            self.bserver.set_policies(self._policies)
+            await self.bserver.start()
+        except BaseException:
+            await self.iserver.stop()
+            raise
+
+
 class OpcuaPlc:
     """The simulator: a PLC core behind an asyncua server.
 
@@ -300,7 +383,9 @@ class OpcuaPlc:
         self._pushed: dict[ua.NodeId, int] = {}
         self.user_manager = _UserManager(self)
         self.iserver = _InternalServer(self)
-        self.server = Server(iserver=self.iserver)
+        #: SecurityPolicy URIs an OpenSecureChannel may ask for (None always, for discovery).
+        self.channel_policy_uris: frozenset[str] = frozenset()
+        self.server = _Server(self)
 
     # -- set-up -----------------------------------------------------------------------
     async def _configure(self, certs: CertBundle) -> None:
@@ -321,6 +406,9 @@ class OpcuaPlc:
         if self.offers_none:
             policies.insert(0, _P.NoSecurity)
         server.set_security_policy(policies)
+        self.channel_policy_uris = frozenset(
+            [security_policies.SECURITY_POLICY_TYPE_MAP[p][0].URI for p in policies]
+            + [security_policies.SecurityPolicyNone.URI])
         tokens: list[type] = [ua.UserNameIdentityToken, ua.X509IdentityToken]
         if self.anonymous:
             tokens.insert(0, ua.AnonymousIdentityToken)

@@ -96,8 +96,9 @@ class SimulatorFactory:
             if proc.poll() is None:
                 rc = self._terminate(proc)
                 if rc != 0:
-                    problems.append(f"pid {proc.pid} exited {rc} on SIGTERM: "
-                                    f"{self._stderr(proc.pid)!r}")
+                    problems.append(
+                        f"pid {proc.pid} exited {rc} on SIGTERM: {self._stderr(proc.pid)!r}"
+                    )
         self._procs.clear()
         if problems:
             raise AssertionError("; ".join(problems))
@@ -235,9 +236,13 @@ def mint_cert(
     stem = f"{common_name}-{x509.random_serial_number():x}"[:60]
     cert_path, key_path = out_dir / f"{stem}.pem", out_dir / f"{stem}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return str(cert_path), str(key_path)
 
 
@@ -246,7 +251,10 @@ def mint_client_cert(tmp_path: Path) -> Callable[..., tuple[str, str]]:
     """``mint_client_cert(ca_cert, ca_key, role=..., common_name=...) -> (cert, key)``."""
 
     def mint(
-        ca_cert: str | None, ca_key: str | None, *, role: str | None,
+        ca_cert: str | None,
+        ca_key: str | None,
+        *,
+        role: str | None,
         common_name: str = "harness-client",
     ) -> tuple[str, str]:
         return mint_cert(ca_cert, ca_key, tmp_path, role=role, common_name=common_name)
