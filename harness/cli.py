@@ -51,8 +51,10 @@ def _load(path: str) -> LoadedProfile:
 def cmd_validate(args: argparse.Namespace) -> int:
     loaded = _load(args.profile)
     prof = loaded.profile
-    print(f"{args.profile}: valid profile for {prof.device.vendor} {prof.device.model} "
-          f"(firmware {prof.device.firmware}, {prof.device.component_type.value})")
+    print(
+        f"{args.profile}: valid profile for {prof.device.vendor} {prof.device.model} "
+        f"(firmware {prof.device.firmware}, {prof.device.component_type.value})"
+    )
     print(f"  interfaces: {', '.join(prof.interfaces.present()) or 'none'}")
     print(f"  targets: {', '.join(prof.allow_list()) or 'none'}")
     return EXIT_OK
@@ -99,10 +101,23 @@ def collect_checks(profile_path: str, extra: Sequence[str] = ()) -> list[CheckSp
     buf = io.StringIO()
     _isolate_pytest()
     with contextlib.redirect_stdout(buf):
-        code = pytest.main([str(tdir), "--collect-only", "-q", "-p", "harness.plugin",
-                            "-p", "no:cacheprovider",
-                            "--rootdir", str(tdir.parent), "--profile", profile_path, *extra],
-                           plugins=[Collector()])
+        code = pytest.main(
+            [
+                str(tdir),
+                "--collect-only",
+                "-q",
+                "-p",
+                "harness.plugin",
+                "-p",
+                "no:cacheprovider",
+                "--rootdir",
+                str(tdir.parent),
+                "--profile",
+                profile_path,
+                *extra,
+            ],
+            plugins=[Collector()],
+        )
     if code not in (0, 5):
         from harness.errors import UsageError
 
@@ -148,14 +163,28 @@ def _plan_json(rows: list[PlanRow], loaded: LoadedProfile) -> dict[str, Any]:
         "profile": str(loaded.path),
         "sha256": loaded.sha256,
         "requirements": [
-            {"id": r.requirement.id, "fr": str(r.requirement.fr), "sl": r.requirement.sl_min,
-             "claimed": r.claimed, "title": r.requirement.title, "note": r.note,
-             "checks": [{"nodeid": d.check.nodeid, "protocol": d.check.protocol,
-                         "runs": d.runs, "verdict": None if d.runs else str(d.verdict),
-                         "reason": d.reason, "note": d.note,
-                         "traffic": _traffic(d.check, loaded) if d.check.disruptive else ""}
-                        for d in r.decisions]}
-            for r in rows],
+            {
+                "id": r.requirement.id,
+                "fr": str(r.requirement.fr),
+                "sl": r.requirement.sl_min,
+                "claimed": r.claimed,
+                "title": r.requirement.title,
+                "note": r.note,
+                "checks": [
+                    {
+                        "nodeid": d.check.nodeid,
+                        "protocol": d.check.protocol,
+                        "runs": d.runs,
+                        "verdict": None if d.runs else str(d.verdict),
+                        "reason": d.reason,
+                        "note": d.note,
+                        "traffic": _traffic(d.check, loaded) if d.check.disruptive else "",
+                    }
+                    for d in r.decisions
+                ],
+            }
+            for r in rows
+        ],
     }
 
 
@@ -167,8 +196,13 @@ def _print_plan(rows: list[PlanRow], loaded: LoadedProfile, allow: bool) -> None
     ctype = ComponentType.from_profile(d.component_type.value)
     print(f"Plan for {d.vendor} {d.model}, firmware {d.firmware} ({ctype.value})")
     print(f"Profile {loaded.path} (sha256 {loaded.sha256[:12]})")
-    print("Claimed SL-C: " + " ".join(f"{fr}={prof.claimed_sl.of(fr)}" for fr in
-                                     ("FR1", "FR2", "FR3", "FR4", "FR5", "FR6", "FR7")))
+    print(
+        "Claimed SL-C: "
+        + " ".join(
+            f"{fr}={prof.claimed_sl.of(fr)}"
+            for fr in ("FR1", "FR2", "FR3", "FR4", "FR5", "FR6", "FR7")
+        )
+    )
     print(f"Targets (allow-list): {', '.join(prof.allow_list()) or 'none'}")
     print(f"Disruptive checks: {'allowed' if allow else 'not allowed'}")
     print("Nothing has been sent to the device.\n")
@@ -202,8 +236,10 @@ def _print_plan(rows: list[PlanRow], loaded: LoadedProfile, allow: bool) -> None
             if dec.note:
                 line += f" ({dec.note})"
             print(line)
-    print(f"\n{runs} checks will run, {na} not applicable, {notrun} not run; "
-          f"{docs} requirements need documentary evidence, {gaps} have no automated check.")
+    print(
+        f"\n{runs} checks will run, {na} not applicable, {notrun} not run; "
+        f"{docs} requirements need documentary evidence, {gaps} have no automated check."
+    )
 
 
 # --------------------------------------------------------------------------- run
@@ -216,9 +252,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     tdir = testcases_dir()
     out = Path(args.out).resolve()
     _isolate_pytest()
-    pargs = [str(tdir), "--profile", str(loaded.path), "--harness-out", str(out),
-             "-p", "harness.plugin", "-p", "no:cacheprovider", "--rootdir", str(tdir.parent), "--strict-markers",
-             "-o", "console_output_style=classic", "-rfE"]
+    pargs = [
+        str(tdir),
+        "--profile",
+        str(loaded.path),
+        "--harness-out",
+        str(out),
+        "-p",
+        "harness.plugin",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(tdir.parent),
+        "--strict-markers",
+        "-o",
+        "console_output_style=classic",
+        "-rfE",
+    ]
     pargs.append("-q" if not args.verbose else "-v")
     if args.allow_disruptive:
         pargs.append("--allow-disruptive")
@@ -245,16 +295,21 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="run the conformance checks against a device profile")
     s.add_argument("profile")
     s.add_argument("--out", default="harness-report", help="report folder (default: %(default)s)")
-    s.add_argument("--allow-disruptive", action="store_true",
-                   help="run disruptive checks (load, floods, lockout, writes)")
+    s.add_argument(
+        "--allow-disruptive",
+        action="store_true",
+        help="run disruptive checks (load, floods, lockout, writes)",
+    )
     s.add_argument("-k", metavar="EXPR", help="only checks matching EXPR (pytest -k)")
     s.add_argument("-v", "--verbose", action="store_true")
-    s.add_argument("pytest_args", nargs=argparse.REMAINDER,
-                   help="after --, further pytest arguments")
+    s.add_argument(
+        "pytest_args", nargs=argparse.REMAINDER, help="after --, further pytest arguments"
+    )
     s.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("plan", help="show which checks would run and why not the others "
-                                    "(sends nothing)")
+    s = sub.add_parser(
+        "plan", help="show which checks would run and why not the others (sends nothing)"
+    )
     s.add_argument("profile")
     s.add_argument("--allow-disruptive", action="store_true")
     s.add_argument("--json", action="store_true", help="machine-readable plan")
@@ -269,8 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("catalog", help="print the IEC 62443-4-2 requirement catalog")
     s.add_argument("--fr", help="only this foundational requirement (FR1..FR7)")
-    s.add_argument("--sl", type=int, choices=range(0, 5), metavar="{0..4}",
-                   help="only requirements that apply at this SL")
+    s.add_argument(
+        "--sl",
+        type=int,
+        choices=range(5),
+        metavar="{0..4}",
+        help="only requirements that apply at this SL",
+    )
     s.add_argument("--component", choices=["embedded", "host", "network", "software_application"])
     s.set_defaults(func=cmd_catalog)
 

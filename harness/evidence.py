@@ -148,8 +148,15 @@ class Evidence:
                 for e in entries:
                     fh.write(json.dumps(e, sort_keys=True) + "\n")
                 if self.dropped:
-                    fh.write(json.dumps({"kind": "note", "summary":
-                                         f"{self.dropped} further entries dropped (bound)"}) + "\n")
+                    fh.write(
+                        json.dumps(
+                            {
+                                "kind": "note",
+                                "summary": f"{self.dropped} further entries dropped (bound)",
+                            }
+                        )
+                        + "\n"
+                    )
             written.append(path)
         for name, data in attachments.items():
             path = folder / name

@@ -17,11 +17,16 @@ def add_commands(sub: Any) -> None:
     lab = sub.add_parser("lab", help="start, inspect and stop the bundled simulator lab")
     lsub = lab.add_subparsers(dest="lab_command", required=True, parser_class=type(lab))
     s = lsub.add_parser("up", help="start a lab in the background")
-    s.add_argument("lab", nargs="?", default="hardened",
-                   help="bundled lab name or lab YAML file (default: %(default)s)")
+    s.add_argument(
+        "lab",
+        nargs="?",
+        default="hardened",
+        help="bundled lab name or lab YAML file (default: %(default)s)",
+    )
     s.add_argument("--state", default=DEFAULT_STATE, help="state folder (default: %(default)s)")
-    s.add_argument("--weakness", action="append", default=[],
-                   help="switch on one more weakness (repeatable)")
+    s.add_argument(
+        "--weakness", action="append", default=[], help="switch on one more weakness (repeatable)"
+    )
     s.set_defaults(func=cmd_lab_up)
     s = lsub.add_parser("status", help="show the running lab")
     s.add_argument("--state", default=DEFAULT_STATE)
@@ -30,11 +35,17 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--state", default=DEFAULT_STATE)
     s.set_defaults(func=cmd_lab_down)
 
-    d = sub.add_parser("demo", help="lab up, run every check against it, write the report, "
-                                    "lab down (no hardware needed)")
+    d = sub.add_parser(
+        "demo",
+        help="lab up, run every check against it, write the report, lab down (no hardware needed)",
+    )
     d.add_argument("--posture", choices=["hardened", "weak"], default="hardened")
-    d.add_argument("--weakness", action="append", default=[],
-                   help="switch on a single weakness over the posture (repeatable)")
+    d.add_argument(
+        "--weakness",
+        action="append",
+        default=[],
+        help="switch on a single weakness over the posture (repeatable)",
+    )
     d.add_argument("--out", default="harness-report", help="report folder (default: %(default)s)")
     d.add_argument("-k", metavar="EXPR", help="only checks matching EXPR")
     d.set_defaults(func=cmd_demo)
@@ -74,8 +85,10 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
 
     lab = _lab(args.lab, args.weakness)
     state = lab_up(lab, Path(args.state))
-    print(f"lab {lab.name} up in {state['started_s']:.2f} s ({lab.posture}"
-          f"{', weaknesses: ' + ', '.join(lab.weaknesses) if lab.weaknesses else ''})")
+    print(
+        f"lab {lab.name} up in {state['started_s']:.2f} s ({lab.posture}"
+        f"{', weaknesses: ' + ', '.join(lab.weaknesses) if lab.weaknesses else ''})"
+    )
     for name, sim in state["simulators"].items():
         print(f"  {name:<11} pid {sim['pid']:<7} {json.dumps(sim['endpoints'])}")
     print(f"profile: {Path(state['state_dir']) / 'profile.yaml'}")
@@ -110,11 +123,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     state_dir = Path(tempfile.mkdtemp(prefix="harness-demo-"))
     try:
         state = lab_up(lab, state_dir / "lab")
-        print(f"lab {lab.name} up in {state['started_s']:.2f} s "
-              f"({len(state['simulators'])} simulators)", file=sys.stderr)
-        run_args = argparse.Namespace(profile=str(state_dir / "lab" / "profile.yaml"),
-                                      out=args.out, allow_disruptive=True, k=args.k,
-                                      verbose=False, pytest_args=[])
+        print(
+            f"lab {lab.name} up in {state['started_s']:.2f} s "
+            f"({len(state['simulators'])} simulators)",
+            file=sys.stderr,
+        )
+        run_args = argparse.Namespace(
+            profile=str(state_dir / "lab" / "profile.yaml"),
+            out=args.out,
+            allow_disruptive=True,
+            k=args.k,
+            verbose=False,
+            pytest_args=[],
+        )
         code = cmd_run(run_args)
     finally:
         try:
@@ -137,6 +158,8 @@ def _print_summary(out: Path) -> None:
     for row in results["matrix"]:
         c = row["counts"]
         ach = "-" if row["achieved"] is None else row["achieved"]
-        print(f"{row['fr']:<4} {row['claimed']:>7}  {ach!s:>8}  {c['PASS']:>4} {c['FAIL']:>4} "
-              f"{c['ERROR']:>5} {c['NOT APPLICABLE']:>3} {c['NOT RUN']:>7}")
+        print(
+            f"{row['fr']:<4} {row['claimed']:>7}  {ach!s:>8}  {c['PASS']:>4} {c['FAIL']:>4} "
+            f"{c['ERROR']:>5} {c['NOT APPLICABLE']:>3} {c['NOT RUN']:>7}"
+        )
     print(f"\nreport: {out.resolve()}")

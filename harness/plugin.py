@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from harness.catalog import Catalog
     from harness.profile import LoadedProfile
     from harness.safety import Guard
-    from harness.selection import CheckSpec, Decision
+    from harness.selection import CheckSpec
 
 #: Exit codes of a run (DESIGN.md section 3).
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
@@ -55,9 +55,9 @@ FIXTURE_MODULES = (
 MARKERS = {
     "requirement": "requirement(ID): the IEC 62443-4-2 requirement a check serves, e.g. 'CR 1.1'",
     "protocol": "protocol(NAME): the interface a check speaks (modbus_tcp, modbus_tls, "
-                "modbus_rtu, console, opcua, ssh, network)",
+    "modbus_rtu, console, opcua, ssh, network)",
     "disruptive": "disruptive(traffic=TEXT): the check loads, floods, writes or locks accounts; "
-                  "TEXT says the most traffic it may send",
+    "TEXT says the most traffic it may send",
     "weakness": "weakness(NAME): the simulator weakness on which this check must FAIL",
     "raw_socket": "raw_socket: the check needs raw sockets (root or CAP_NET_RAW)",
 }
@@ -78,7 +78,9 @@ class HarnessRun:
     guard: Guard
     out: Path | None
     allow_disruptive: bool
-    started: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    started: str = field(
+        default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    )
     results: list[CheckResult] = field(default_factory=list)
     #: Set once the device fails its health probe: later checks that need it are ERROR at once.
     breaker: str | None = None
@@ -103,10 +105,15 @@ def evidence_for(item: pytest.Item) -> Evidence:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "IEC 62443-4-2 conformance harness")
     group.addoption("--profile", metavar="PROFILE", help="device profile (YAML) to test against")
-    group.addoption("--harness-out", metavar="DIR",
-                    help="write junit.xml, results.json and evidence/ into DIR")
-    group.addoption("--allow-disruptive", action="store_true", default=False,
-                    help="run disruptive checks (load, floods, lockout, writes)")
+    group.addoption(
+        "--harness-out", metavar="DIR", help="write junit.xml, results.json and evidence/ into DIR"
+    )
+    group.addoption(
+        "--allow-disruptive",
+        action="store_true",
+        default=False,
+        help="run disruptive checks (load, floods, lockout, writes)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -166,23 +173,31 @@ def check_spec(item: pytest.Item) -> CheckSpec | None:
     )
 
 
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
-                                  items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
     from harness.selection import decide
 
     run = get_run(config)
     specs = [(item, check_spec(item)) for item in items]
     if run is None:
         if any(spec is not None for _, spec in specs):
-            raise pytest.UsageError("conformance checks need a device profile: pass --profile PROFILE")
+            raise pytest.UsageError(
+                "conformance checks need a device profile: pass --profile PROFILE"
+            )
         return
     is_root = hasattr(os, "geteuid") and os.geteuid() == 0
     for item, spec in specs:
         if spec is None:
             continue
         try:
-            decision = decide(spec, run.loaded.profile, run.catalog,
-                              allow_disruptive=run.allow_disruptive, is_root=is_root)
+            decision = decide(
+                spec,
+                run.loaded.profile,
+                run.catalog,
+                allow_disruptive=run.allow_disruptive,
+                is_root=is_root,
+            )
         except (HarnessError, ValueError) as exc:
             raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
         item.stash[_decision_key] = decision
@@ -217,18 +232,24 @@ def _classify_failure(item: pytest.Item, call: pytest.CallInfo[None]) -> tuple[V
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    item.stash[_start_key] = (dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
-                              time.monotonic())
+    item.stash[_start_key] = (
+        dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+        time.monotonic(),
+    )
     run = get_run(item.config)
     decision = item.stash.get(_decision_key, None)
-    if run is not None and decision is not None and decision.runs and run.breaker is not None \
-            and decision.check.protocol != "network":
+    if (
+        run is not None
+        and decision is not None
+        and decision.runs
+        and run.breaker is not None
+        and decision.check.protocol != "network"
+    ):
         raise HarnessError(f"device unavailable, not tried: {run.breaker}")
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
-                              ) -> Any:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
     if _decision_key not in item.stash:
         return report
@@ -270,8 +291,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
     return report
 
 
-def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config
-                             ) -> tuple[str, str, str] | None:
+def pytest_report_teststatus(
+    report: pytest.TestReport, config: pytest.Config
+) -> tuple[str, str, str] | None:
     verdict = getattr(report, "harness_verdict", None)
     if verdict == Verdict.ERROR and report.when == "call":
         return "error", "E", "ERROR"
@@ -297,11 +319,24 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         if run.out is not None:
             files = ev.save(run.out / "evidence" / slug(item.nodeid), run.out)
     spec, req = decision.check, decision.requirement
-    run.results.append(CheckResult(
-        nodeid=item.nodeid, title=spec.title, requirement=req.id, fr=str(req.fr), sl=req.sl_min,
-        protocol=spec.protocol, weakness=spec.weakness, disruptive=spec.disruptive,
-        verdict=verdict, reason=reason, started=started,
-        duration_s=round(time.monotonic() - t0, 3), evidence=files, observations=observations))
+    run.results.append(
+        CheckResult(
+            nodeid=item.nodeid,
+            title=spec.title,
+            requirement=req.id,
+            fr=str(req.fr),
+            sl=req.sl_min,
+            protocol=spec.protocol,
+            weakness=spec.weakness,
+            disruptive=spec.disruptive,
+            verdict=verdict,
+            reason=reason,
+            started=started,
+            duration_s=round(time.monotonic() - t0, 3),
+            evidence=files,
+            observations=observations,
+        )
+    )
     return result
 
 

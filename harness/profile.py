@@ -35,8 +35,10 @@ from harness.errors import ProfileError, SecretError
 
 FRS = ("FR1", "FR2", "FR3", "FR4", "FR5", "FR6", "FR7")
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
-                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
 _ALL_DIGITS_AND_DOTS = re.compile(r"^[0-9.]+$")
 
 
@@ -109,7 +111,11 @@ class SecretRef(str):
         return str.__str__(self)
 
     def __repr__(self) -> str:
-        return "SecretRef(<inline>)" if self.scheme == "inline" else f"SecretRef({str.__str__(self)!r})"
+        return (
+            "SecretRef(<inline>)"
+            if self.scheme == "inline"
+            else f"SecretRef({str.__str__(self)!r})"
+        )
 
     def __str__(self) -> str:
         return "<inline secret>" if self.scheme == "inline" else str.__str__(self)
@@ -119,9 +125,11 @@ class SecretRef(str):
         from pydantic_core import core_schema
 
         return core_schema.no_info_after_validator_function(
-            cls, core_schema.str_schema(min_length=1),
+            cls,
+            core_schema.str_schema(min_length=1),
             serialization=core_schema.plain_serializer_function_ser_schema(
-                lambda v: str.__str__(v) if v.scheme != "inline" else "<inline secret>"),
+                lambda v: str.__str__(v) if v.scheme != "inline" else "<inline secret>"
+            ),
         )
 
 
@@ -231,8 +239,10 @@ class Ssh(_Networked):
 
 
 def _check_serial_device(v: str) -> str:
-    if v.startswith("/") or re.match(r"^(socket|rfc2217|loop|spy|alt|hwgrep)://", v) or re.match(
-        r"^COM\d+$", v
+    if (
+        v.startswith("/")
+        or re.match(r"^(socket|rfc2217|loop|spy|alt|hwgrep)://", v)
+        or re.match(r"^COM\d+$", v)
     ):
         return v
     raise ValueError(f"{v!r} is neither a device path (/dev/...) nor a pyserial URL (socket://...)")
@@ -422,10 +432,12 @@ class Expectations(Strict):
     open_ports: list[Port] = Field(default_factory=list)
     #: Modbus function codes the device is documented to support.
     modbus_function_codes: list[Annotated[int, Field(ge=1, le=127)]] = Field(
-        default_factory=lambda: [1, 2, 3, 4, 5, 6, 15, 16, 22, 23])
+        default_factory=lambda: [1, 2, 3, 4, 5, 6, 15, 16, 22, 23]
+    )
     #: SSH authentication methods the device is documented to offer.
     ssh_auth_methods: list[Literal["publickey", "password", "keyboard-interactive"]] = Field(
-        default_factory=lambda: ["publickey", "password"])
+        default_factory=lambda: ["publickey", "password"]
+    )
     #: What a Modbus RTU broadcast write should do: be ignored, or be executed.
     rtu_broadcast: Literal["ignore", "execute"] = "ignore"
     #: Vendor default credentials to try (user names must be declared accounts' names).
@@ -484,7 +496,8 @@ class Profile(Strict):
                     if ref is not None and ref.scheme == "inline":
                         problems.append(
                             f"accounts.{role}.{field_name}: inline secret refused (use env:NAME or "
-                            "file:PATH, or set allow_insecure_inline_secrets: true)")
+                            "file:PATH, or set allow_insecure_inline_secrets: true)"
+                        )
         if self.targets is not None:
             nets = [ipaddress.ip_network(t) for t in self.targets]
             for host in self.interfaces.hosts():
@@ -501,8 +514,9 @@ class Profile(Strict):
     # -- derived views ----------------------------------------------------------------
     def iter_accounts(self) -> list[tuple[str, Credentials]]:
         """Declared accounts as (role, credentials)."""
-        return [(r, c) for r in Accounts.model_fields
-                if (c := getattr(self.accounts, r)) is not None]
+        return [
+            (r, c) for r in Accounts.model_fields if (c := getattr(self.accounts, r)) is not None
+        ]
 
     def allow_list(self) -> list[str]:
         """The targets, or the interface hosts when no explicit list is given."""
@@ -514,9 +528,12 @@ class Profile(Strict):
 
     def inline_secret_warnings(self) -> list[str]:
         """Warnings for inline secrets allowed by the insecure flag."""
-        return [f"accounts.{role}.{f}: inline secret (allowed by allow_insecure_inline_secrets)"
-                for role, c in self.iter_accounts() for f in ("password", "private_key")
-                if (ref := getattr(c, f)) is not None and ref.scheme == "inline"]
+        return [
+            f"accounts.{role}.{f}: inline secret (allowed by allow_insecure_inline_secrets)"
+            for role, c in self.iter_accounts()
+            for f in ("password", "private_key")
+            if (ref := getattr(c, f)) is not None and ref.scheme == "inline"
+        ]
 
 
 class LoadedProfile:
@@ -604,7 +621,7 @@ def load_profile(path: str | os.PathLike[str]) -> LoadedProfile:
     try:
         text = raw.decode("utf-8")
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader
+        data = yaml.load(text, Loader=yaml.SafeLoader)
     except UnicodeDecodeError:
         raise ProfileError(name, [f"{name}:1: not a UTF-8 text file"]) from None
     except yaml.YAMLError as exc:

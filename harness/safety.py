@@ -47,7 +47,8 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         if not guard.allows_ip(ip):
             raise SafetyViolation(
                 f"safety guard: refused {event.removeprefix('socket.')} to {host}: "
-                f"not in the profile's targets {guard.describe()}")
+                f"not in the profile's targets {guard.describe()}"
+            )
 
 
 class Guard:
@@ -58,8 +59,13 @@ class Guard:
     :param serial_devices: serial device paths/URLs the profile declares.
     """
 
-    def __init__(self, targets: Iterable[str], *, allow_disruptive: bool = False,
-                 serial_devices: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        targets: Iterable[str],
+        *,
+        allow_disruptive: bool = False,
+        serial_devices: Iterable[str] = (),
+    ) -> None:
         nets: list[_IPNetwork] = []
         for t in targets:
             try:
@@ -95,19 +101,24 @@ class Guard:
                 where = f"{host}:{port}" if port is not None else host
                 raise SafetyViolation(
                     f"safety guard: refused {where} ({a}): not in the profile's targets "
-                    f"{self.describe()}")
+                    f"{self.describe()}"
+                )
         return addrs[0]
 
     def check_serial(self, device: str) -> str:
         """Allow only serial devices the profile declares."""
         if device not in self.serial_devices:
-            raise SafetyViolation(f"safety guard: serial device {device} is not declared in the profile")
+            raise SafetyViolation(
+                f"safety guard: serial device {device} is not declared in the profile"
+            )
         return device
 
     def require_disruptive(self, what: str) -> None:
         """Refuse a disruptive action unless disruptive checks are allowed."""
         if not self.allow_disruptive:
-            raise SafetyViolation(f"safety guard: {what} is disruptive and disruptive checks are not allowed")
+            raise SafetyViolation(
+                f"safety guard: {what} is disruptive and disruptive checks are not allowed"
+            )
 
     # -- arming the process-wide audit hook ----------------------------------------
     def arm(self) -> None:

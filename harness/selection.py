@@ -67,8 +67,15 @@ class Decision:
         return self.verdict is None
 
 
-def decide(check: CheckSpec, profile: Profile, catalog: Catalog, *, allow_disruptive: bool,
-           is_root: bool, today: dt.date | None = None) -> Decision:
+def decide(
+    check: CheckSpec,
+    profile: Profile,
+    catalog: Catalog,
+    *,
+    allow_disruptive: bool,
+    is_root: bool,
+    today: dt.date | None = None,
+) -> Decision:
     """Decide one check. Order matters: applicability first, then permission to run.
 
     :raises harness.errors.UnknownRequirementError: the check names an unknown requirement.
@@ -82,8 +89,12 @@ def decide(check: CheckSpec, profile: Profile, catalog: Catalog, *, allow_disrup
     if component not in req.applies_to:
         return Decision(check, req, na, f"{req.id} does not apply to {component.value} components")
     if claimed < req.sl_min:
-        return Decision(check, req, na,
-                        f"{req.id} is required from SL {req.sl_min}; {req.fr} claims SL {claimed}")
+        return Decision(
+            check,
+            req,
+            na,
+            f"{req.id} is required from SL {req.sl_min}; {req.fr} claims SL {claimed}",
+        )
     if check.protocol not in PROTOCOL_INTERFACES:
         known = ", ".join(sorted(PROTOCOL_INTERFACES))
         raise ValueError(f"{check.nodeid}: unknown protocol {check.protocol!r}; known: {known}")
@@ -97,16 +108,23 @@ def decide(check: CheckSpec, profile: Profile, catalog: Catalog, *, allow_disrup
     waiver = profile.waiver_for(req.id)
     if waiver is not None:
         if waiver.active(today):
-            return Decision(check, req, na,
-                            f"waived until {waiver.expires.isoformat()}: {waiver.justification}")
+            return Decision(
+                check, req, na, f"waived until {waiver.expires.isoformat()}: {waiver.justification}"
+            )
         note = f"waiver expired on {waiver.expires.isoformat()}; the check runs"
     if check.disruptive and not allow_disruptive:
-        return Decision(check, req, Verdict.NOT_RUN,
-                        "disruptive and not allowed (pass --allow-disruptive or set "
-                        "safety.allow_disruptive in the profile)", note)
+        return Decision(
+            check,
+            req,
+            Verdict.NOT_RUN,
+            "disruptive and not allowed (pass --allow-disruptive or set "
+            "safety.allow_disruptive in the profile)",
+            note,
+        )
     if check.needs_root and not is_root:
-        return Decision(check, req, Verdict.NOT_RUN,
-                        "needs raw sockets (run as root or with CAP_NET_RAW)", note)
+        return Decision(
+            check, req, Verdict.NOT_RUN, "needs raw sockets (run as root or with CAP_NET_RAW)", note
+        )
     return Decision(check, req, None, "", note)
 
 
@@ -122,9 +140,15 @@ class PlanRow:
     note: str = ""
 
 
-def build_plan(profile: Profile, catalog: Catalog, checks: list[CheckSpec], *,
-               allow_disruptive: bool, is_root: bool,
-               today: dt.date | None = None) -> list[PlanRow]:
+def build_plan(
+    profile: Profile,
+    catalog: Catalog,
+    checks: list[CheckSpec],
+    *,
+    allow_disruptive: bool,
+    is_root: bool,
+    today: dt.date | None = None,
+) -> list[PlanRow]:
     """Every requirement that applies to the component type, with its checks' decisions."""
     component = ComponentType.from_profile(profile.device.component_type.value)
     by_req: dict[str, list[CheckSpec]] = {}
@@ -136,8 +160,12 @@ def build_plan(profile: Profile, catalog: Catalog, checks: list[CheckSpec], *,
             continue
         claimed = profile.claimed_sl.of(str(req.fr))
         row = PlanRow(req, claimed)
-        row.decisions = [decide(c, profile, catalog, allow_disruptive=allow_disruptive,
-                                is_root=is_root, today=today) for c in by_req.get(req.id, [])]
+        row.decisions = [
+            decide(
+                c, profile, catalog, allow_disruptive=allow_disruptive, is_root=is_root, today=today
+            )
+            for c in by_req.get(req.id, [])
+        ]
         if not row.decisions:
             if req.sl_min > claimed:
                 row.note = f"not required: from SL {req.sl_min}, {req.fr} claims SL {claimed}"

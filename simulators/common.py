@@ -51,7 +51,8 @@ class Account:
     def __post_init__(self) -> None:
         if self.role not in ("admin", "operator", "readonly"):
             raise SimulatorConfigError(
-                f"account {self.user!r}: role must be admin, operator or readonly, got {self.role!r}"
+                f"account {self.user!r}: role must be admin, operator or readonly, "
+                f"got {self.role!r}"
             )
 
     @property
@@ -115,7 +116,9 @@ class SimConfig:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise SimulatorConfigError(f"{path}: unknown config keys {unknown}; known: {sorted(known)}")
+            raise SimulatorConfigError(
+                f"{path}: unknown config keys {unknown}; known: {sorted(known)}"
+            )
         if "accounts" in raw:
             try:
                 raw["accounts"] = [Account(**a) for a in raw["accounts"]]
@@ -225,12 +228,20 @@ def parse_args(
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=default_port)
     parser.add_argument("--posture", choices=POSTURES, default="hardened")
-    parser.add_argument("--weakness", action="append", default=[], metavar="NAME",
-                        help=f"one of: {', '.join(known)}")
+    parser.add_argument(
+        "--weakness",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"one of: {', '.join(known)}",
+    )
     parser.add_argument("--config", help="JSON file with accounts and device policy")
     parser.add_argument("--scan-period-ms", type=float, default=10.0)
-    parser.add_argument("--state-dir", help="folder for generated keys and certificates "
-                        "(default: a private temporary folder removed at exit)")
+    parser.add_argument(
+        "--state-dir",
+        help="folder for generated keys and certificates "
+        "(default: a private temporary folder removed at exit)",
+    )
     if add_arguments is not None:
         add_arguments(parser)
     ns = parser.parse_args(argv)
@@ -244,17 +255,20 @@ def parse_args(
     except SimulatorConfigError as exc:
         fail(name, str(exc))
     weaknesses = frozenset(known) if ns.posture == "weak" else frozenset(ns.weakness)
-    extra = {k: v for k, v in vars(ns).items()
-             if k not in {"host", "port", "posture", "weakness", "config", "scan_period_ms",
-                          "state_dir"}}
+    extra = {
+        k: v
+        for k, v in vars(ns).items()
+        if k not in {"host", "port", "posture", "weakness", "config", "scan_period_ms", "state_dir"}
+    }
     if ns.state_dir:
         os.makedirs(ns.state_dir, exist_ok=True)
         state_dir = ns.state_dir
     else:
         state_dir = tempfile.mkdtemp(prefix=f"sim-{name}-")
         atexit.register(shutil.rmtree, state_dir, True)
-    return SimArgs(name, ns.host, ns.port, weaknesses, config, ns.scan_period_ms / 1000.0,
-                   state_dir, extra)
+    return SimArgs(
+        name, ns.host, ns.port, weaknesses, config, ns.scan_period_ms / 1000.0, state_dir, extra
+    )
 
 
 def emit(event: dict[str, Any]) -> None:
@@ -265,8 +279,15 @@ def emit(event: dict[str, Any]) -> None:
 
 def ready(name: str, endpoints: dict[str, Any], weaknesses: Iterable[str]) -> None:
     """Announce that the simulator is serving."""
-    emit({"event": "ready", "simulator": name, "pid": os.getpid(),
-          "endpoints": endpoints, "weaknesses": sorted(weaknesses)})
+    emit(
+        {
+            "event": "ready",
+            "simulator": name,
+            "pid": os.getpid(),
+            "endpoints": endpoints,
+            "weaknesses": sorted(weaknesses),
+        }
+    )
 
 
 def fail(name: str, message: str) -> None:

@@ -55,12 +55,23 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Lab]
 
     started: list[Path] = []
 
-    def start(simulators: list[str], weaknesses: list[str] | None = None,
-              posture: str = "hardened", policy: dict[str, Any] | None = None,
-              **overrides: Any) -> Lab:
-        definition = LabDefinition.model_validate({
-            "name": "test", "posture": posture, "simulators": simulators,
-            "weaknesses": weaknesses or [], "policy": policy or {}, **overrides})
+    def start(
+        simulators: list[str],
+        weaknesses: list[str] | None = None,
+        posture: str = "hardened",
+        policy: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> Lab:
+        definition = LabDefinition.model_validate(
+            {
+                "name": "test",
+                "posture": posture,
+                "simulators": simulators,
+                "weaknesses": weaknesses or [],
+                "policy": policy or {},
+                **overrides,
+            }
+        )
         state_dir = tmp_path_factory.mktemp("lab") / "state"
         state = lab_up(definition, state_dir)
         started.append(state_dir)
@@ -91,7 +102,8 @@ class RunResult:
         found = self.checks(contains)
         assert len(found) == 1, (
             f"expected one check matching {contains!r}, got {[c['nodeid'] for c in found]}\n"
-            f"stdout:\n{self.stdout[-3000:]}\nstderr:\n{self.stderr[-3000:]}")
+            f"stdout:\n{self.stdout[-3000:]}\nstderr:\n{self.stderr[-3000:]}"
+        )
         return str(found[0]["verdict"])
 
     def verdicts(self) -> dict[str, str]:
@@ -109,9 +121,15 @@ def run_harness(tmp_path: Path) -> Callable[..., RunResult]:
     """``run_harness(profile, k=None, allow_disruptive=True, extra=(), timeout=300)``."""
     counter = iter(range(1000))
 
-    def run(profile: Path | str, k: str | None = None, *, allow_disruptive: bool = True,
-            extra: tuple[str, ...] = (), timeout: float = 300,
-            env: dict[str, str] | None = None) -> RunResult:
+    def run(
+        profile: Path | str,
+        k: str | None = None,
+        *,
+        allow_disruptive: bool = True,
+        extra: tuple[str, ...] = (),
+        timeout: float = 300,
+        env: dict[str, str] | None = None,
+    ) -> RunResult:
         out = tmp_path / f"run{next(counter)}"
         cmd = harness_cmd("run", str(profile), "--out", str(out))
         if allow_disruptive:
@@ -120,9 +138,15 @@ def run_harness(tmp_path: Path) -> Callable[..., RunResult]:
             cmd += ["-k", k]
         if extra:
             cmd += ["--", *extra]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              cwd=REPO_ROOT, env={**os.environ, "CI": "true", **(env or {})},
-                              check=False)
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO_ROOT,
+            env={**os.environ, "CI": "true", **(env or {})},
+            check=False,
+        )
         results = {}
         if (out / "results.json").exists():
             results = json.loads((out / "results.json").read_text())

@@ -78,8 +78,12 @@ def test_self_signed_verifies_against_itself(leaf_key: rsa.RSAPrivateKey) -> Non
 
 def test_same_name_other_key_does_not_verify(ca: pki.Issued, leaf_key: rsa.RSAPrivateKey) -> None:
     # an impostor CA with the trusted CA's name but its own key: names match, signature does not
-    impostor = pki.issue(ca.cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0]
-                         .value, key=leaf_key, is_ca=True, client=False)
+    impostor = pki.issue(
+        ca.cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value,
+        key=leaf_key,
+        is_ca=True,
+        client=False,
+    )
     assert impostor.cert.subject == ca.cert.subject
     leaf = pki.issue("client", issuer=impostor, bits=1024)
     assert leaf.cert.issuer == ca.cert.subject
@@ -101,9 +105,13 @@ def test_pem_der_round_trips(tmp_path: Path, ca: pki.Issued, leaf_key: rsa.RSAPr
     der_path.write_bytes(leaf.cert_der())
     assert pki.load_cert(der_path) == leaf.cert
     der_key = tmp_path / "client.key.der"
-    der_key.write_bytes(leaf_key.private_bytes(serialization.Encoding.DER,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+    der_key.write_bytes(
+        leaf_key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     assert pki.key_matches(leaf.cert, pki.load_key(der_key))
     again = pki.load_issued(cert_path, key_path)
     assert again.fingerprint() == leaf.fingerprint()
@@ -155,13 +163,22 @@ def test_no_role_extension_by_default(ca: pki.Issued, leaf_key: rsa.RSAPrivateKe
 
 def test_expiry_windows(ca: pki.Issued, leaf_key: rsa.RSAPrivateKey) -> None:
     now = dt.datetime.now(UTC)
-    expired = pki.issue("expired", issuer=ca, key=leaf_key,
-                        not_before=now - dt.timedelta(days=10),
-                        not_after=now - dt.timedelta(days=1))
+    expired = pki.issue(
+        "expired",
+        issuer=ca,
+        key=leaf_key,
+        not_before=now - dt.timedelta(days=10),
+        not_after=now - dt.timedelta(days=1),
+    )
     assert expired.cert.not_valid_after_utc < now
     expired.cert.verify_directly_issued_by(ca.cert)  # signed by the trusted CA all the same
-    future = pki.issue("future", issuer=ca, key=leaf_key,
-                       not_before=now + dt.timedelta(days=1), not_after=now + dt.timedelta(days=9))
+    future = pki.issue(
+        "future",
+        issuer=ca,
+        key=leaf_key,
+        not_before=now + dt.timedelta(days=1),
+        not_after=now + dt.timedelta(days=9),
+    )
     assert future.cert.not_valid_before_utc > now
     info = pki.describe(future.cert)
     assert dt.datetime.fromisoformat(info["not_before"]) > now
@@ -169,8 +186,9 @@ def test_expiry_windows(ca: pki.Issued, leaf_key: rsa.RSAPrivateKey) -> None:
     assert default.cert.not_valid_before_utc <= now <= default.cert.not_valid_after_utc
     # seconds resolution: the certificate stores whole seconds
     start = now.replace(microsecond=0) - dt.timedelta(hours=1)
-    exact = pki.issue("exact", key=leaf_key, not_before=start,
-                      not_after=start + dt.timedelta(hours=2))
+    exact = pki.issue(
+        "exact", key=leaf_key, not_before=start, not_after=start + dt.timedelta(hours=2)
+    )
     assert exact.cert.not_valid_before_utc == start
     assert exact.cert.not_valid_after_utc == start + dt.timedelta(hours=2)
 
@@ -190,9 +208,16 @@ def test_validity_errors(leaf_key: rsa.RSAPrivateKey) -> None:
 
 
 def test_sans_and_usages(ca: pki.Issued, leaf_key: rsa.RSAPrivateKey) -> None:
-    leaf = pki.issue("opcua app", issuer=ca, key=leaf_key,
-                     san_uris=["urn:harness:client"], san_dns=["localhost"],
-                     san_ips=["127.0.0.1", "::1"], client=True, server=True)
+    leaf = pki.issue(
+        "opcua app",
+        issuer=ca,
+        key=leaf_key,
+        san_uris=["urn:harness:client"],
+        san_dns=["localhost"],
+        san_ips=["127.0.0.1", "::1"],
+        client=True,
+        server=True,
+    )
     info = pki.describe(leaf.cert)
     assert info["san_uris"] == ["urn:harness:client"]
     assert info["san_dns"] == ["localhost"]

@@ -23,17 +23,42 @@ interfaces:
 """
 
 
-def run_pytest(tmp_path: Path, outcomes: str = "all", *extra: str) -> tuple[int, dict[str, Any], str]:
+def run_pytest(
+    tmp_path: Path, outcomes: str = "all", *extra: str
+) -> tuple[int, dict[str, Any], str]:
     profile = tmp_path / "p.yaml"
     profile.write_text(PROFILE)
     out = tmp_path / "out"
     env = {**os.environ, "HARNESS_FAKE_OUTCOMES": outcomes, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(CHECKS), "-p", "harness.plugin", "-p",
-         "no:cacheprovider", "--profile", str(profile), "--harness-out", str(out),
-         "-o", "python_files=check_*.py", "--rootdir", str(CHECKS.parent), *extra],
-        capture_output=True, text=True, env=env, timeout=120, check=False)
-    results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(CHECKS),
+            "-p",
+            "harness.plugin",
+            "-p",
+            "no:cacheprovider",
+            "--profile",
+            str(profile),
+            "--harness-out",
+            str(out),
+            "-o",
+            "python_files=check_*.py",
+            "--rootdir",
+            str(CHECKS.parent),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    results = (
+        json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    )
     return proc.returncode, results, proc.stdout + proc.stderr
 
 
@@ -58,8 +83,10 @@ def test_every_outcome_maps_to_its_verdict(full_run: Any) -> None:
     assert v["test_library_assert_is_error"][0] == "ERROR"
     assert v["test_teardown_error"][0] == "ERROR"
     assert "could not restore scratch register 100" in v["test_teardown_error"][1]
-    assert v["test_interface_absent"] == ("NOT APPLICABLE",
-                                          "no opcua interface declared in the profile")
+    assert v["test_interface_absent"] == (
+        "NOT APPLICABLE",
+        "no opcua interface declared in the profile",
+    )
     assert v["test_above_claim"][0] == "NOT APPLICABLE"
     assert v["test_disruptive"][0] == "PASS"
     assert v["test_runtime_not_applicable"] == ("NOT APPLICABLE", "server exposes no audit events")
@@ -73,8 +100,13 @@ def test_results_document(full_run: Any) -> None:
     assert code == 1  # a FAIL wins over the ERRORs
     assert results["schema_version"] == "1.0"
     assert results["complete"] is True
-    assert results["summary"] == {"PASS": 2, "FAIL": 2, "ERROR": 4, "NOT APPLICABLE": 3,
-                                  "NOT RUN": 1}
+    assert results["summary"] == {
+        "PASS": 2,
+        "FAIL": 2,
+        "ERROR": 4,
+        "NOT APPLICABLE": 3,
+        "NOT RUN": 1,
+    }
     fr1 = next(r for r in results["matrix"] if r["fr"] == "FR1")
     assert fr1["achieved"] == 0 and fr1["claimed"] == 2
     passed = next(c for c in results["checks"] if c["nodeid"].endswith("test_pass"))
@@ -88,8 +120,9 @@ def test_disruptive_is_not_run_without_permission(tmp_path: Path) -> None:
     assert verdicts(results)["test_disruptive"][0] == "NOT RUN"
 
 
-@pytest.mark.parametrize(("outcomes", "code"), [("pass", 0), ("pass,error", 3),
-                                                ("pass,error,fail", 1)])
+@pytest.mark.parametrize(
+    ("outcomes", "code"), [("pass", 0), ("pass,error", 3), ("pass,error,fail", 1)]
+)
 def test_exit_codes(tmp_path: Path, outcomes: str, code: int) -> None:
     got, _, output = run_pytest(tmp_path, outcomes)
     assert got == code, output
@@ -99,9 +132,24 @@ def test_bad_profile_is_a_usage_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("device: {}\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(CHECKS), "-p", "harness.plugin", "--profile", str(bad),
-         "-o", "python_files=check_*.py"], capture_output=True, text=True, timeout=60, check=False,
-        env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(CHECKS),
+            "-p",
+            "harness.plugin",
+            "--profile",
+            str(bad),
+            "-o",
+            "python_files=check_*.py",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
+    )
     assert proc.returncode == 4  # pytest's usage error; `harness run` maps it to 2
     assert "bad.yaml:1: device.vendor: Field required" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -109,9 +157,22 @@ def test_bad_profile_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_checks_without_profile_are_refused(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(CHECKS), "-p", "harness.plugin",
-         "-o", "python_files=check_*.py"], capture_output=True, text=True, timeout=60, check=False,
-        env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(CHECKS),
+            "-p",
+            "harness.plugin",
+            "-o",
+            "python_files=check_*.py",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
+    )
     assert proc.returncode == 4
     assert "pass --profile PROFILE" in proc.stderr
 
@@ -136,8 +197,9 @@ def test_junit_reads_back(full_run: Any) -> None:
     assert props["device.firmware"] == "1.0"
     cases = {c.name: c for c in fr1}
     assert len(cases) == len(results["checks"])
-    outcomes = {name: type(c.result[0]).__name__ if c.result else "passed"
-                for name, c in cases.items()}
+    outcomes = {
+        name: type(c.result[0]).__name__ if c.result else "passed" for name, c in cases.items()
+    }
     assert outcomes["CR 1.1: Fails on an assert in the check body."] == "Failure"
     assert outcomes["CR 1.1: Cannot decide: the device did not answer."] == "Error"
     assert outcomes["CR 1.1: No OPC UA interface."] == "Skipped"

@@ -22,8 +22,9 @@ MINIMAL = {
 
 
 @pytest.mark.parametrize("path", NEGATIVE, ids=lambda p: p.stem)
-def test_negative_fixture_reports_expected_message(path: Path, monkeypatch: pytest.MonkeyPatch
-                                                   ) -> None:
+def test_negative_fixture_reports_expected_message(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(path.parent)
     expected = path.with_suffix(".expected").read_text().strip()
     with pytest.raises(ProfileError) as info:
@@ -46,7 +47,8 @@ def test_three_mistakes_are_all_reported_with_lines(tmp_path: Path) -> None:
         "interfaces:\n"
         "  modbus_tcp:\n"
         "    host: 999.1.1.1\n"
-        "    unitid: 3\n")
+        "    unitid: 3\n"
+    )
     with pytest.raises(ProfileError) as info:
         load_profile(path)
     problems = info.value.problems
@@ -79,8 +81,13 @@ def test_targets_must_cover_interface_hosts() -> None:
 
 
 def test_allow_list_is_derived_from_interfaces() -> None:
-    data = {**MINIMAL, "interfaces": {"ssh": {"host": "127.0.0.5"},
-                                      "opcua": {"endpoint": "opc.tcp://127.0.0.6:4840/x"}}}
+    data = {
+        **MINIMAL,
+        "interfaces": {
+            "ssh": {"host": "127.0.0.5"},
+            "opcua": {"endpoint": "opc.tcp://127.0.0.6:4840/x"},
+        },
+    }
     prof = Profile.model_validate(data)
     assert prof.allow_list() == ["127.0.0.6", "127.0.0.5"]
     assert prof.interfaces.opcua is not None and prof.interfaces.opcua.port == 4840
@@ -103,7 +110,8 @@ def test_inline_secret_never_printed_and_needs_the_flag() -> None:
         Profile.model_validate(data)
     prof = Profile.model_validate({**data, "allow_insecure_inline_secrets": True})
     assert prof.inline_secret_warnings() == [
-        "accounts.admin.password: inline secret (allowed by allow_insecure_inline_secrets)"]
+        "accounts.admin.password: inline secret (allowed by allow_insecure_inline_secrets)"
+    ]
     admin = prof.accounts.admin
     assert admin is not None and admin.password is not None
     assert "hunter2!" not in repr(prof)
@@ -113,8 +121,12 @@ def test_inline_secret_never_printed_and_needs_the_flag() -> None:
 
 
 def test_waiver_expiry() -> None:
-    data = {**MINIMAL, "waivers": [{"requirement": "CR 1.2", "justification": "firewall in front",
-                                    "expires": "2026-01-31"}]}
+    data = {
+        **MINIMAL,
+        "waivers": [
+            {"requirement": "CR 1.2", "justification": "firewall in front", "expires": "2026-01-31"}
+        ],
+    }
     waiver = Profile.model_validate(data).waivers[0]
     assert waiver.active(dt.date(2026, 1, 31))
     assert not waiver.active(dt.date(2026, 2, 1))

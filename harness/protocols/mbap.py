@@ -70,12 +70,15 @@ def mask_write_register_pdu(address: int, and_mask: int, or_mask: int) -> bytes:
     return struct.pack(">BHHH", 22, address, and_mask & 0xFFFF, or_mask & 0xFFFF)
 
 
-def read_write_registers_pdu(read_address: int, read_count: int, write_address: int,
-                             values: list[int]) -> bytes:
+def read_write_registers_pdu(
+    read_address: int, read_count: int, write_address: int, values: list[int]
+) -> bytes:
     """FC 23."""
     body = b"".join(struct.pack(">H", v & 0xFFFF) for v in values)
-    return struct.pack(">BHHHHB", 23, read_address, read_count, write_address, len(values),
-                       len(body)) + body
+    return (
+        struct.pack(">BHHHHB", 23, read_address, read_count, write_address, len(values), len(body))
+        + body
+    )
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ class Response:
         n = self.data[0]
         if n != len(self.data) - 1 or n % 2:
             raise FrameError(f"byte count {n} does not match {len(self.data) - 1} data bytes")
-        return [int.from_bytes(self.data[1 + 2 * i: 3 + 2 * i], "big") for i in range(n // 2)]
+        return [int.from_bytes(self.data[1 + 2 * i : 3 + 2 * i], "big") for i in range(n // 2)]
 
     def bits(self, count: int) -> list[bool]:
         """Bit values of an FC 1/2 response."""
@@ -132,8 +135,9 @@ def parse_pdu(pdu: bytes) -> Response:
 
 
 # --------------------------------------------------------------------------- MBAP
-def adu(transaction: int, unit: int, pdu: bytes, *, protocol: int = 0,
-        length: int | None = None) -> bytes:
+def adu(
+    transaction: int, unit: int, pdu: bytes, *, protocol: int = 0, length: int | None = None
+) -> bytes:
     """A Modbus/TCP ADU; ``protocol`` and ``length`` may be forced for malformed-input tests."""
     ln = len(pdu) + 1 if length is None else length
     return MBAP.pack(transaction & 0xFFFF, protocol & 0xFFFF, ln & 0xFFFF, unit & 0xFF) + pdu

@@ -25,8 +25,12 @@ class MatrixRow:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {"fr": self.fr, "claimed": self.claimed, "achieved": self.achieved,
-                "counts": self.counts}
+        return {
+            "fr": self.fr,
+            "claimed": self.claimed,
+            "achieved": self.achieved,
+            "counts": self.counts,
+        }
 
 
 def achieved_sl(results: list[CheckResult], fr: str, claimed: int) -> int | None:
@@ -54,6 +58,7 @@ def build_matrix(results: list[CheckResult], claimed: dict[str, int]) -> list[Ma
         for r in results:
             if r.fr == fr:
                 counts[str(r.verdict)] += 1
-        rows.append(MatrixRow(fr, claimed.get(fr, 0), achieved_sl(results, fr, claimed.get(fr, 0)),
-                              counts))
+        rows.append(
+            MatrixRow(fr, claimed.get(fr, 0), achieved_sl(results, fr, claimed.get(fr, 0)), counts)
+        )
     return rows

@@ -18,8 +18,17 @@ from harness.verdict import SCHEMA_VERSION, Verdict
 if TYPE_CHECKING:
     from harness.plugin import HarnessRun
 
-_LIBRARIES = ("pymodbus", "asyncua", "paramiko", "pyserial", "scapy", "pytest", "pydantic",
-              "cryptography", "junit-xml")
+_LIBRARIES = (
+    "pymodbus",
+    "asyncua",
+    "paramiko",
+    "pyserial",
+    "scapy",
+    "pytest",
+    "pydantic",
+    "cryptography",
+    "junit-xml",
+)
 
 
 def library_versions() -> dict[str, str]:
@@ -36,7 +45,9 @@ def library_versions() -> dict[str, str]:
 def build_results(run: HarnessRun, *, complete: bool) -> dict[str, Any]:
     """The results document of ``run``."""
     prof = run.loaded.profile
-    claimed = {fr: prof.claimed_sl.of(fr) for fr in ("FR1", "FR2", "FR3", "FR4", "FR5", "FR6", "FR7")}
+    claimed = {
+        fr: prof.claimed_sl.of(fr) for fr in ("FR1", "FR2", "FR3", "FR4", "FR5", "FR6", "FR7")
+    }
     summary = {str(v): 0 for v in Verdict}
     for r in run.results:
         summary[str(r.verdict)] += 1
