@@ -209,6 +209,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     run = get_run(session.config)
     if run is not None:
         run.guard.arm()
+        _stop_on_sigterm()
+
+
+def _stop_on_sigterm() -> None:
+    """Treat SIGTERM like Ctrl-C: loads stop, fixtures restore, a partial report is written."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 # --------------------------------------------------------------------------- outcomes
@@ -238,14 +253,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     )
     run = get_run(item.config)
     decision = item.stash.get(_decision_key, None)
-    if (
-        run is not None
-        and decision is not None
-        and decision.runs
-        and run.breaker is not None
-        and decision.check.protocol != "network"
-    ):
-        raise HarnessError(f"device unavailable, not tried: {run.breaker}")
+    if run is None or decision is None or not decision.runs or run.breaker is None:
+        return
+    from harness.health import probe
+
+    prof = run.loaded.profile
+    result = probe(prof, run.guard, min(1.0, prof.safety.connect_timeout_s))
+    if result.alive:
+        run.breaker = None  # the device is back
+        return
+    raise HarnessError(f"device unavailable, not tried: {run.breaker}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -318,6 +335,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         observations = ev.observations()
         if run.out is not None:
             files = ev.save(run.out / "evidence" / slug(item.nodeid), run.out)
+    if verdict is Verdict.ERROR and decision.runs and run.breaker is None:
+        _maybe_open_breaker(run, item.nodeid)
     spec, req = decision.check, decision.requirement
     run.results.append(
         CheckResult(
@@ -340,6 +359,16 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     return result
 
 
+def _maybe_open_breaker(run: HarnessRun, nodeid: str) -> None:
+    """After an ERROR, probe the device; open the breaker when nothing answers."""
+    from harness.health import probe
+
+    prof = run.loaded.profile
+    result = probe(prof, run.guard, prof.safety.connect_timeout_s)
+    if not result.alive:
+        run.breaker = f"no answer to the health probe after {nodeid} ({result.describe()})"
+
+
 # --------------------------------------------------------------------------- the end
 def exit_code(results: list[CheckResult]) -> int:
     """DESIGN.md section 3: 1 any FAIL; 3 any ERROR and no FAIL; 0 otherwise."""
@@ -351,7 +380,7 @@ def exit_code(results: list[CheckResult]) -> int:
     return EXIT_PASS
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run = get_run(session.config)
     if run is None:

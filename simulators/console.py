@@ -16,14 +16,14 @@ first newline. Output is never queued while no client has the port open.
 
 Hardened dialogue::
 
-    <CR>                           ->  \\r\\n<banner>\\r\\n\\r\\nlogin:␠
-    admin<CR>                      ->  Password:␠            (password not echoed)
+    <CR>                           ->  (echo) blank line, <banner>, blank line, 'login: '
+    admin<CR>                      ->  'Password: '            (password not echoed)
     <password><CR>                 ->  admin logged in (role admin). Type 'help' for commands.
-                                       plc>␠
-    wrong password or user         ->  Login incorrect  then banner and login:␠ again
+                                       'plc> '
+    wrong password or user         ->  Login incorrect  then banner and 'login: ' again
     locked account (any password)  ->  Login incorrect  (the same message; nothing is disclosed)
-    no input for idle_timeout_s    ->  idle timeout, logged out  then banner and login:␠
-    debug (admin only)             ->  FACTORY MENU ... factory>␠   (others: permission denied)
+    no input for idle_timeout_s    ->  idle timeout, logged out  then banner and 'login: '
+    debug (admin only)             ->  FACTORY MENU ... 'factory> '   (others: permission denied)
 
 At the ``plc> `` prompt the commands of :mod:`simulators.shell` run, plus ``debug``.
 ``config.lockout_threshold`` failed logins lock an account for ``config.lockout_duration_s``;

@@ -5,7 +5,7 @@ answers. Commands (one per line, words separated by blanks):
 
 =======================  ==================================================================
 ``help`` / ``?``         list the commands
-``status``               run state, heartbeat, scan count and the process values
+``status``               ``state: running|stalled|stopped``, heartbeat, scan count, values
 ``read T N [COUNT]``     read table ``T`` (``hr``, ``ir``, ``coil``, ``di``) from address ``N``
 ``write hr N V``         write holding register ``N`` (scratch ``HR 100..109`` only)
 ``write coil N 0|1``     write coil ``N`` (scratch ``C 100..107`` only)
@@ -138,11 +138,13 @@ class DeviceShell:
             return ShellReply(f"error: address out of range 0..{TABLE_SIZE - 1}\n", error=True)
         img = self.plc.image
         with img.lock:
-            source: list[int] | list[bool] = {
-                "hr": img.holding, "ir": img.input_registers,
-                "coil": img.coils, "di": img.discrete_inputs,
-            }[table]
-            values = [int(v) for v in source[address:address + count]]
+            window = slice(address, address + count)
+            if table in ("hr", "ir"):
+                registers = img.holding if table == "hr" else img.input_registers
+                values = list(registers[window])
+            else:
+                bits = img.coils if table == "coil" else img.discrete_inputs
+                values = [int(b) for b in bits[window]]
         label = _LABELS[table]
         return ShellReply("".join(f"{label} {address + i} = {v}\n" for i, v in enumerate(values)))
 

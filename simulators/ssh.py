@@ -117,6 +117,13 @@ REAPER_PERIOD_S = 0.1
 
 IDLE_MESSAGE = "idle timeout, logged out"
 
+# paramiko's answers, typed (paramiko ships no type information)
+_AUTH_OK: int = paramiko.AUTH_SUCCESSFUL
+_AUTH_FAILED: int = paramiko.AUTH_FAILED
+_OPEN_OK: int = paramiko.OPEN_SUCCEEDED
+_OPEN_PROHIBITED: int = paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+_OPEN_SHORTAGE: int = paramiko.OPEN_FAILED_RESOURCE_SHORTAGE
+
 HARDENED_KEX = (
     "mlkem768x25519-sha256",
     "curve25519-sha256",
@@ -368,29 +375,29 @@ class _DeviceServer(paramiko.ServerInterface):
     def _granted(self, account: Account) -> int:
         self.conn.account = account
         self.conn.last_input = time.monotonic()
-        return paramiko.AUTH_SUCCESSFUL
+        return _AUTH_OK
 
     def check_auth_none(self, username: str) -> int:
         if not self.sim.args.has("ssh.none_auth"):
-            return paramiko.AUTH_FAILED
+            return _AUTH_FAILED
         account = self.sim.config.account(username) or Account(username, "", "readonly")
         return self._granted(account)
 
     def check_auth_password(self, username: str, password: str) -> int:
         account = self.sim.authenticate(username, password)
-        return paramiko.AUTH_FAILED if account is None else self._granted(account)
+        return _AUTH_FAILED if account is None else self._granted(account)
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
         account = self.sim.config.account(username)
         if (account is None or self.sim.lockout.is_locked(username)
                 or key.get_name() != self.sim.keys.client_public.get_name()
                 or key.asbytes() != self.sim.keys.client_public.asbytes()):
-            return paramiko.AUTH_FAILED
+            return _AUTH_FAILED
         return self._granted(account)
 
     def check_auth_interactive(self, username: str, submethods: str) -> Any:
         if not self.sim.args.has("ssh.extra_auth_methods"):
-            return paramiko.AUTH_FAILED
+            return _AUTH_FAILED
         self.conn.interactive_user = username
         query = paramiko.InteractiveQuery("", "")
         query.add_prompt("Password: ", echo=False)
@@ -399,18 +406,18 @@ class _DeviceServer(paramiko.ServerInterface):
     def check_auth_interactive_response(self, responses: list[str]) -> int:
         user = self.conn.interactive_user
         if not user or not self.sim.args.has("ssh.extra_auth_methods") or len(responses) != 1:
-            return paramiko.AUTH_FAILED
+            return _AUTH_FAILED
         account = self.sim.authenticate(user, responses[0])
-        return paramiko.AUTH_FAILED if account is None else self._granted(account)
+        return _AUTH_FAILED if account is None else self._granted(account)
 
     # -- channels --------------------------------------------------------------------
     def check_channel_request(self, kind: str, chanid: int) -> int:
         if kind != "session" or not self.sim.take_slot(self.conn):
-            return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+            return _OPEN_PROHIBITED
         # ``_channels`` is paramiko's map of this transport's open channels.
         if len(self.conn.transport._channels) >= MAX_CHANNELS_PER_CONNECTION:
-            return paramiko.OPEN_FAILED_RESOURCE_SHORTAGE
-        return paramiko.OPEN_SUCCEEDED
+            return _OPEN_SHORTAGE
+        return _OPEN_OK
 
     def check_channel_pty_request(  # noqa: PLR0917 (paramiko's signature)
             self, channel: paramiko.Channel, term: bytes, width: int,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +18,33 @@ CHECKS = HERE / "plugin_checks" / "check_verdicts.py"
 XSD = HERE.parent.parent / "shared" / "reference" / "junit-10.xsd"
 
 PROFILE = """\
-device: {vendor: ACME, model: Fake PLC, firmware: '1.0', component_type: embedded}
-claimed_sl: {FR1: 2}
+device: {{vendor: ACME, model: Fake PLC, firmware: '1.0', component_type: embedded}}
+claimed_sl: {{FR1: 2}}
 interfaces:
-  modbus_tcp: {host: 127.0.0.1, port: 5020}
+  modbus_tcp: {{host: 127.0.0.1, port: {port}}}
 """
 
 
+@pytest.fixture(scope="module")
+def device_port() -> Iterator[int]:
+    """A listening TCP port: the fake device answers the health probe."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield listener.getsockname()[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def run_pytest(
-    tmp_path: Path, outcomes: str = "all", *extra: str
+    tmp_path: Path, outcomes: str = "all", *extra: str, port: int
 ) -> tuple[int, dict[str, Any], str]:
     profile = tmp_path / "p.yaml"
-    profile.write_text(PROFILE)
+    profile.write_text(PROFILE.format(port=port))
     out = tmp_path / "out"
     env = {**os.environ, "HARNESS_FAKE_OUTCOMES": outcomes, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     proc = subprocess.run(
@@ -63,9 +80,11 @@ def run_pytest(
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str, Any], str, Path]:
+def full_run(
+    tmp_path_factory: pytest.TempPathFactory, device_port: int
+) -> tuple[int, dict[str, Any], str, Path]:
     tmp = tmp_path_factory.mktemp("plugin")
-    code, results, output = run_pytest(tmp, "all", "--allow-disruptive")
+    code, results, output = run_pytest(tmp, "all", "--allow-disruptive", port=device_port)
     return code, results, output, tmp / "out"
 
 
@@ -115,16 +134,16 @@ def test_results_document(full_run: Any) -> None:
     assert passed["requirement"] == "CR 1.1" and passed["fr"] == "FR1" and passed["sl"] == 1
 
 
-def test_disruptive_is_not_run_without_permission(tmp_path: Path) -> None:
-    _, results, _ = run_pytest(tmp_path, "pass")
+def test_disruptive_is_not_run_without_permission(tmp_path: Path, device_port: int) -> None:
+    _, results, _ = run_pytest(tmp_path, "pass", port=device_port)
     assert verdicts(results)["test_disruptive"][0] == "NOT RUN"
 
 
 @pytest.mark.parametrize(
     ("outcomes", "code"), [("pass", 0), ("pass,error", 3), ("pass,error,fail", 1)]
 )
-def test_exit_codes(tmp_path: Path, outcomes: str, code: int) -> None:
-    got, _, output = run_pytest(tmp_path, outcomes)
+def test_exit_codes(tmp_path: Path, outcomes: str, code: int, device_port: int) -> None:
+    got, _, output = run_pytest(tmp_path, outcomes, port=device_port)
     assert got == code, output
 
 
@@ -205,3 +224,17 @@ def test_junit_reads_back(full_run: Any) -> None:
     assert outcomes["CR 1.1: No OPC UA interface."] == "Skipped"
     assert outcomes["CR 1.1: Passes after observing something."] == "passed"
     assert all(name.startswith("CR 1.1") for name in cases)
+
+
+def test_breaker_errors_later_checks_at_once_when_the_device_is_gone(tmp_path: Path) -> None:
+    code, results, output = run_pytest(tmp_path, "error,pass", port=free_port())
+    assert code == 3, output
+    v = verdicts(results)
+    assert v["test_target_error"] == ("ERROR", "TargetError: no reply within 3 s")
+    # every later check that needs the device is ERROR without being tried
+    assert v["test_pass"][0] == "PASS"  # ran before the failure
+    later = ["test_library_assert_is_error", "test_teardown_error", "test_bare_skip"]
+    for name in later:
+        assert v[name][0] == "ERROR"
+        assert "device unavailable, not tried" in v[name][1], v[name]
+        assert "127.0.0.1" in v[name][1]

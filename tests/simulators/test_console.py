@@ -110,9 +110,9 @@ def test_ready_line_names_a_pty_and_sigterm_removes_it(start_simulator: Any) -> 
     assert ep["path"].startswith("/dev/pts/")
     assert os.path.exists(ep["path"])
     con = Console(ep)
+    con.port.timeout = TIMEOUT_S
     try:
         assert start_simulator.stop(event) == 0  # even with a client holding the port
-        con.port.timeout = TIMEOUT_S
         with pytest.raises(serial.SerialException):  # the master side is gone: hang-up
             con.port.read(1)
     finally:
@@ -227,7 +227,7 @@ def test_no_idle_logout_keeps_the_session(console: Callable[..., Console]) -> No
     assert "operator (role operator)" in con.command("whoami")
 
 
-# -- factory menu -----------------------------------------------------------------------------------
+# -- factory menu ---------------------------------------------------------------------------
 def test_factory_menu_needs_an_admin_login(console: Callable[..., Console]) -> None:
     con = console(lockout_threshold=10)
     for word in ("debug", "!factory"):
@@ -275,7 +275,7 @@ def test_closing_the_port_logs_out_and_the_next_client_gets_a_login(
             con.close()
 
 
-# -- each weakness changes only its own behaviour ---------------------------------------------------
+# -- each weakness changes only its own behaviour -----------------------------------------
 def observe(con: Console) -> dict[str, Any]:
     """The quickly observable behaviours of a console (a fingerprint to compare)."""
     con.send("\r")

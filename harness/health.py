@@ -1,0 +1,73 @@
+"""The device health probe behind the run's circuit breaker.
+
+When a check ends in ERROR, the plugin probes the device: a guarded TCP connect to every
+declared network interface (and an open of every declared serial device). If nothing answers,
+the breaker opens: later checks that need the device are ERROR at once ("device unavailable")
+instead of each waiting out its own timeouts. Before each later check the probe runs again with a
+short timeout, so a device that comes back closes the breaker.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from harness.errors import SafetyViolation
+from harness.profile import Profile
+from harness.safety import Guard
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Whether the device answered, and what each endpoint said."""
+
+    alive: bool
+    details: tuple[str, ...]
+
+    def describe(self) -> str:
+        """One line for a reason text."""
+        return "; ".join(self.details) or "no endpoint to probe"
+
+
+def endpoints(profile: Profile) -> list[tuple[str, int]]:
+    """The (host, port) pairs of the profile's network interfaces."""
+    ifs = profile.interfaces
+    out: list[tuple[str, int]] = []
+    for iface in (ifs.modbus_tcp, ifs.modbus_tls, ifs.ssh):
+        if iface is not None:
+            out.append((iface.host, iface.port))
+    if ifs.opcua is not None:
+        out.append((ifs.opcua.host, ifs.opcua.port))
+    return out
+
+
+def probe(profile: Profile, guard: Guard, timeout_s: float) -> ProbeResult:
+    """Probe every endpoint once; alive when at least one answers (or there is none)."""
+    details: list[str] = []
+    answered = 0
+    eps = endpoints(profile)
+    for host, port in eps:
+        try:
+            addr = guard.check_destination(host, port)
+            family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout_s)
+                sock.connect((addr, port))
+            answered += 1
+            details.append(f"tcp {host}:{port} answered")
+        except SafetyViolation:
+            raise
+        except OSError as exc:
+            details.append(f"tcp {host}:{port} {exc.strerror or type(exc).__name__}")
+    serial = [i.device for i in (profile.interfaces.modbus_rtu, profile.interfaces.console) if i]
+    for device in serial:
+        if "://" in device:
+            continue  # a pyserial URL cannot be probed without speaking to it
+        if os.path.exists(device):
+            answered += 1
+            details.append(f"serial {device} present")
+        else:
+            details.append(f"serial {device} missing")
+    probed = len(eps) + sum(1 for d in serial if "://" not in d)
+    return ProbeResult(alive=answered > 0 or probed == 0, details=tuple(details))

@@ -1,0 +1,312 @@
+"""Bounded load generators and the essential-function monitor (FR7: resource availability).
+
+The parts:
+
+- :mod:`harness.load.monitor`: the essential-function monitor. It runs in its *own process*
+  (so our own load cannot starve it), polls the profile's essential functions at 50 Hz or more,
+  records one sample per poll and trips the shared abort flag when the device degrades past the
+  profile's abort threshold;
+- :mod:`harness.load.modbus_flood`: Modbus/TCP request flood with its own MBAP framing, many
+  requests in flight per connection, several connections, and a ramp;
+- :mod:`harness.load.connflood`: connect/close storms and half-open (slowloris) holds;
+- :mod:`harness.load.netflood`: SYN flood and malformed IP/TCP packets (raw sockets, root);
+- :mod:`harness.load.portscan`: bounded-rate TCP connect scan and UDP probes.
+
+What every generator shares lives here and imports nothing heavy:
+
+- :class:`LoadCaps`: the profile's caps (rate, connections, duration); a generator refuses any
+  request above them (:class:`~harness.errors.SafetyViolation`) instead of quietly clamping;
+- :class:`Pacer`: never more than ``rate`` events in any one-second window (a sliding-window
+  hard cap) and smooth inside the second (a token bucket with a small burst), granting events in
+  batches so a generator pays for it once per batch, not once per request;
+- :class:`StopFlag`: a one-byte flag in shared memory (a small file mapped by both processes).
+  The monitor process sets it on abort; generators poll it in their loops, so the load stops
+  within one loop iteration, with no thread or pipe in the way;
+- :class:`LoadResult`: what a generator did (sent, answered, errors, achieved rate, why it
+  stopped) and its time series for the evidence.
+
+Every loop that sends traffic here is bounded three ways: a deadline (at most the profile's
+``max_load_duration_s``), an optional count, and the stop flag.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from harness.errors import SafetyViolation
+
+if TYPE_CHECKING:
+    from harness.profile import Safety
+
+#: Width of the time buckets of a generator's series (seconds).
+BUCKET_S = 0.1
+#: Longest a generator keeps reading answers after it stopped sending (seconds).
+DRAIN_S = 0.25
+
+
+class Stoppable(Protocol):
+    """Anything a generator can poll to know it must stop (a :class:`StopFlag`, an Event)."""
+
+    def is_set(self) -> bool:
+        """True once the load must stop."""
+        ...
+
+
+class NeverStop:
+    """A stop signal that is never set (for generators run without a monitor)."""
+
+    def is_set(self) -> bool:
+        """Always False."""
+        return False
+
+
+class StopFlag:
+    """A flag in shared memory: byte 0 is *abort* (set by the monitor or by us), byte 1 is
+    *stop the monitor* (set by the parent).
+
+    :param path: the backing file; created (mode 0600) when None, and removed by :meth:`close`.
+    """
+
+    SIZE = 16
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._owner = path is None
+        if path is None:
+            fd, name = tempfile.mkstemp(prefix="harness-flag-", suffix=".bin")
+            os.write(fd, b"\0" * self.SIZE)
+            os.close(fd)
+            path = Path(name)
+        self.path = path
+        with path.open("r+b") as fh:
+            self._mm = mmap.mmap(fh.fileno(), self.SIZE)
+
+    def is_set(self) -> bool:
+        """True once the abort byte is set."""
+        return self._mm[0] != 0
+
+    def set(self) -> None:
+        """Set the abort byte."""
+        self._mm[0] = 1
+
+    def clear(self) -> None:
+        """Clear the abort byte."""
+        self._mm[0] = 0
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once the parent asked the monitor to stop."""
+        return self._mm[1] != 0
+
+    def request_stop(self) -> None:
+        """Ask the monitor process to stop."""
+        self._mm[1] = 1
+
+    def close(self) -> None:
+        """Unmap, and remove the file if this object created it."""
+        if not self._mm.closed:
+            self._mm.close()
+        if self._owner:
+            self.path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class LoadCaps:
+    """The most load the profile allows (DESIGN.md section 4)."""
+
+    #: Requests per second.
+    request_rate: float
+    #: New connections per second.
+    connection_rate: float
+    #: Raw packets per second.
+    packet_rate: float
+    #: Connections open at once.
+    connections: int
+    #: Seconds one load may last.
+    duration_s: float
+
+    def __post_init__(self) -> None:
+        for name in ("request_rate", "connection_rate", "packet_rate", "duration_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"LoadCaps.{name} must be > 0, got {getattr(self, name)}")
+        if self.connections < 1:
+            raise ValueError(f"LoadCaps.connections must be >= 1, got {self.connections}")
+
+    @classmethod
+    def from_safety(cls, safety: Safety) -> LoadCaps:
+        """The caps of a profile's ``safety`` section."""
+        return cls(request_rate=safety.max_request_rate,
+                   connection_rate=safety.max_connection_rate,
+                   packet_rate=safety.max_packet_rate, connections=safety.max_connections,
+                   duration_s=safety.max_load_duration_s)
+
+    def check(self, **asked: float | None) -> None:
+        """Refuse any asked value above its cap (``rate=``, ``connection_rate=``...).
+
+        :raises SafetyViolation: naming the value and its cap.
+        """
+        names = {"request_rate": self.request_rate, "connection_rate": self.connection_rate,
+                 "packet_rate": self.packet_rate, "connections": self.connections,
+                 "duration_s": self.duration_s}
+        for key, value in asked.items():
+            if value is None:
+                continue
+            cap = names[key]
+            if value > cap:
+                raise SafetyViolation(
+                    f"safety guard: {key}={value:g} is above the profile's cap {cap:g}")
+            if value <= 0:
+                raise ValueError(f"{key} must be > 0, got {value:g}")
+
+
+class Pacer:
+    """Grants events so that no one-second window ever holds more than ``rate`` of them.
+
+    Two limits apply together: a token bucket refilled at ``rate`` per second holding at most
+    ``burst`` tokens (smoothness; it starts empty), and a sliding one-second window whose
+    total never exceeds ``floor(rate)`` (the hard guarantee, whatever the scheduling jitter).
+    Not thread-safe: one pacer per generator loop.
+
+    :param rate: events per second (> 0).
+    :param burst: bucket size (default: 1 % of the rate, at least 1).
+    """
+
+    WINDOW_S = 1.0
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate must be > 0, got {rate}")
+        self.rate = float(rate)
+        self.burst = max(1.0, burst if burst is not None else rate / 100.0)
+        self.window_cap = max(1, int(rate * self.WINDOW_S))
+        self._tokens = 0.0
+        self._last = time.monotonic()
+        self._granted: deque[tuple[float, int]] = deque()
+        self._in_window = 0
+        self.total = 0
+
+    def _expire(self, now: float) -> None:
+        edge = now - self.WINDOW_S
+        granted = self._granted
+        while granted and granted[0][0] <= edge:
+            self._in_window -= granted.popleft()[1]
+
+    def take(self, wanted: int) -> int:
+        """Grant up to ``wanted`` events now (possibly 0)."""
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        self._expire(now)
+        n = min(wanted, int(self._tokens), self.window_cap - self._in_window)
+        if n <= 0:
+            return 0
+        self._tokens -= n
+        self._granted.append((now, n))
+        self._in_window += n
+        self.total += n
+        return n
+
+    def wait_s(self) -> float:
+        """Seconds until at least one event may be granted."""
+        now = time.monotonic()
+        tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+        self._expire(now)
+        if self._in_window >= self.window_cap and self._granted:
+            wait = max(wait, self._granted[0][0] + self.WINDOW_S - now)
+        return max(0.0, wait)
+
+
+@dataclass
+class LoadResult:
+    """What one generator run did."""
+
+    #: ``modbus_flood``, ``connect_storm``, ``hold``, ``syn_flood``...
+    kind: str
+    #: ``host:port`` the load went to.
+    target: str
+    #: The rate cap the generator ran under (events per second).
+    rate_cap: float
+    #: Monotonic start and end of the sending phase (system-wide clock, comparable with the
+    #: monitor process's sample times).
+    started: float = 0.0
+    ended: float = 0.0
+    #: Requests, connections or packets sent.
+    sent: int = 0
+    #: Answers (responses, accepted connections) received.
+    answered: int = 0
+    #: Exception responses (Modbus) or refused connections.
+    rejected: int = 0
+    #: Timeouts and I/O errors.
+    errors: int = 0
+    #: Connections the device closed or reset under us.
+    disconnects: int = 0
+    #: ``duration``, ``count``, ``abort`` (the stop flag) or ``error``.
+    stop_reason: str = "duration"
+    #: Free-form details (per-connection figures, pipelining decision...).
+    details: dict[str, Any] = field(default_factory=dict)
+    #: Per bucket: [t since start, sent, answered].
+    series: list[list[float]] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the sending phase."""
+        return max(0.0, self.ended - self.started)
+
+    @property
+    def achieved_rate(self) -> float:
+        """Events sent per second."""
+        return self.sent / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def answered_rate(self) -> float:
+        """Answers per second."""
+        return self.answered / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def aborted(self) -> bool:
+        """True when the stop flag ended the load."""
+        return self.stop_reason == "abort"
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready summary for the evidence."""
+        return {"kind": self.kind, "target": self.target, "rate_cap": self.rate_cap,
+                "duration_s": round(self.duration_s, 3), "sent": self.sent,
+                "answered": self.answered, "rejected": self.rejected, "errors": self.errors,
+                "disconnects": self.disconnects, "achieved_rate": round(self.achieved_rate, 1),
+                "answered_rate": round(self.answered_rate, 1), "stop_reason": self.stop_reason,
+                **self.details}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The series as timeline rows."""
+        return [{"t": round(t, 3), "sent": int(s), "answered": int(a)} for t, s, a in self.series]
+
+
+class Series:
+    """Accumulates (sent, answered) counts in :data:`BUCKET_S` buckets from a start time."""
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.rows: list[list[float]] = []
+
+    def add(self, now: float, sent: int = 0, answered: int = 0) -> None:
+        """Count ``sent`` and ``answered`` events at ``now``."""
+        if not (sent or answered):
+            return
+        index = int((now - self.start) / BUCKET_S)
+        rows = self.rows
+        if not rows or int(round(rows[-1][0] / BUCKET_S)) < index:
+            rows.append([round(index * BUCKET_S, 3), 0, 0])
+        rows[-1][1] += sent
+        rows[-1][2] += answered
+
+
+def is_root() -> bool:
+    """True when raw sockets are available (root)."""
+    return hasattr(os, "geteuid") and os.geteuid() == 0

@@ -1,0 +1,566 @@
+"""OPC UA simulator: hardened behaviour and each weakness, seen through the asyncua client.
+
+One hardened server, one server per single weakness and one ``--posture weak`` server are
+started in parallel (each needs ~2 s of CPU to build asyncua's address space, so starting them
+one by one would take most of a minute). The same probe, a fixed list of observations made with
+the asyncua client, runs against every server; each weakness must change exactly the
+observations it names and nothing else. Client certificates are minted here with cryptography.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asyncua import Client, ua
+from asyncua.crypto import security_policies as sp
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+pytestmark = pytest.mark.timeout(150)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: Seconds every simulator of the fleet has to get ready (they start together on a shared CPU).
+FLEET_READY_S = 90.0
+#: Seconds an asyncua request may take before it counts as unanswered.
+REQUEST_TIMEOUT_S = 5.0
+
+ADMIN = ("admin", "Adm1n-Test-Pass!")
+OPERATOR = ("operator", "Op3rator-Test-Pass!")
+VIEWER = ("viewer", "V1ewer-Test-Pass!")
+LOCKTEST = ("locktest", "L0ckTest-Test-Pass!")
+CONFIG: dict[str, Any] = {
+    "accounts": [
+        {"user": ADMIN[0], "password": ADMIN[1], "role": "admin"},
+        {"user": OPERATOR[0], "password": OPERATOR[1], "role": "operator"},
+        {"user": VIEWER[0], "password": VIEWER[1], "role": "readonly"},
+        {"user": LOCKTEST[0], "password": LOCKTEST[1], "role": "operator"},
+    ],
+    "session_limit": 2,
+    "idle_timeout_s": 1.0,
+    "lockout_threshold": 2,
+    "lockout_duration_s": 1.0,
+    "fragile_threshold_rps": 20.0,
+    "fragile_recovery_s": 1.0,
+}
+
+WEAKNESSES = (
+    "opcua.policy_none", "opcua.deprecated_policies", "opcua.weak_server_cert",
+    "opcua.anonymous", "opcua.accepts_untrusted_certs", "opcua.no_authz",
+    "opcua.no_session_limit", "opcua.no_session_timeout", "opcua.no_lockout",
+    "opcua.user_enumeration", "load.fragile",
+)
+
+SECURE_ENDPOINTS = [
+    ("Aes128_Sha256_RsaOaep", "Sign"), ("Aes128_Sha256_RsaOaep", "SignAndEncrypt"),
+    ("Aes256_Sha256_RsaPss", "Sign"), ("Aes256_Sha256_RsaPss", "SignAndEncrypt"),
+    ("Basic256Sha256", "Sign"), ("Basic256Sha256", "SignAndEncrypt"),
+]
+DEPRECATED_ENDPOINTS = [
+    ("Basic128Rsa15", "Sign"), ("Basic128Rsa15", "SignAndEncrypt"),
+    ("Basic256", "Sign"), ("Basic256", "SignAndEncrypt"),
+]
+
+#: What the probe must see on the hardened server.
+HARDENED: dict[str, Any] = {
+    "endpoints": sorted(SECURE_ENDPOINTS),
+    "cleartext_password_endpoint": False,
+    "anonymous_token_offered": False,
+    "server_cert": (2048, "sha256"),
+    "none_channel_login": "BadSecurityChecksFailed",
+    "deprecated_channel_login": "BadSecurityPolicyRejected",
+    "anonymous_login": "BadIdentityTokenRejected",
+    "untrusted_cert_login": "BadCertificateUntrusted",
+    "expired_cert_login": "BadCertificateTimeInvalid",
+    "wrong_password_login": "BadUserAccessDenied",
+    "unknown_user_login": "BadUserAccessDenied",
+    "readonly_write": "BadUserAccessDenied",
+    "third_session": "BadTooManySessions",
+    "first_session_after_refusal": "Good",
+    "revised_session_timeout_ms": 1000.0,
+    "idle_session_read": "BadSessionNotActivated",
+    "locked_login": "BadUserAccessDenied",
+    "heartbeat_after_flood": "advances",
+}
+
+#: The observations each weakness changes, with their values on the weak server.
+CHANGES: dict[str, dict[str, Any]] = {
+    "opcua.policy_none": {
+        "endpoints": sorted([*SECURE_ENDPOINTS, ("None", "None_")]),
+        "cleartext_password_endpoint": True,
+        "none_channel_login": "Good",
+    },
+    "opcua.deprecated_policies": {
+        "endpoints": sorted(SECURE_ENDPOINTS + DEPRECATED_ENDPOINTS),
+        "deprecated_channel_login": "Good",
+    },
+    "opcua.weak_server_cert": {"server_cert": (1024, "sha1")},
+    "opcua.anonymous": {"anonymous_token_offered": True, "anonymous_login": "Good"},
+    "opcua.accepts_untrusted_certs": {"untrusted_cert_login": "Good", "expired_cert_login": "Good"},
+    "opcua.no_authz": {"readonly_write": "Good"},
+    "opcua.no_session_limit": {"third_session": "Good"},
+    "opcua.no_session_timeout": {"revised_session_timeout_ms": 86_400_000.0,
+                                 "idle_session_read": "Good"},
+    "opcua.no_lockout": {"locked_login": "Good"},
+    "opcua.user_enumeration": {"unknown_user_login": "BadIdentityTokenInvalid"},
+    "load.fragile": {"heartbeat_after_flood": "stalled"},
+}
+
+
+# -- certificates minted by the test (independent of the simulator's code) ------------------
+def _write_pem(path: Path, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> tuple[str, str]:
+    key_path = path.with_suffix(".key.pem")
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(path), str(key_path)
+
+
+def mint(path: Path, uri: str, *, issuer: tuple[x509.Certificate, rsa.RSAPrivateKey] | None,
+         valid_from: dt.timedelta = dt.timedelta(hours=-1),
+         valid_to: dt.timedelta = dt.timedelta(days=1), ca: bool = False,
+         ) -> tuple[x509.Certificate, rsa.RSAPrivateKey, tuple[str, str]]:
+    """An RSA 2048 application certificate for ``uri``, self-signed or signed by ``issuer``."""
+    key = rsa.generate_private_key(65537, 2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, path.stem)])
+    issuer_name, signing_key = (subject, key) if issuer is None else (issuer[0].subject, issuer[1])
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now + valid_from).not_valid_after(now + valid_to)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = (
+            builder.add_extension(x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(uri), x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.KeyUsage(
+                digital_signature=True, content_commitment=True, key_encipherment=True,
+                data_encipherment=True, key_agreement=False, key_cert_sign=False,
+                crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+        )
+    cert = builder.sign(signing_key, hashes.SHA256())
+    return cert, key, _write_pem(path, cert, key)
+
+
+# -- a fleet of simulators started in parallel ----------------------------------------------
+class Fleet:
+    """Simulators started together; every one is SIGTERMed (and must exit 0) at :meth:`close`."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.events: dict[str, dict[str, Any]] = {}
+
+    def start(self, variants: dict[str, list[str]]) -> None:
+        """Start ``python -m simulators.opcua ARGS`` per variant and wait for all ready lines."""
+        for name, args in variants.items():
+            with open(self.log_dir / f"{name}.stderr", "wb") as err:
+                self.procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", "simulators.opcua", *args], cwd=REPO_ROOT,
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        buffers = dict.fromkeys(variants, b"")
+        deadline = time.monotonic() + FLEET_READY_S
+        with selectors.DefaultSelector() as sel:
+            for name in variants:
+                stdout = self.procs[name].stdout
+                assert stdout is not None
+                sel.register(stdout.fileno(), selectors.EVENT_READ, name)
+            while len(self.events) < len(variants):
+                remaining = deadline - time.monotonic()
+                ready = sel.select(remaining) if remaining > 0 else []
+                if not ready:
+                    missing = sorted(set(variants) - set(self.events))
+                    pytest.fail(f"simulators not ready in {FLEET_READY_S} s: {missing}")
+                for key, _ in ready:
+                    name = key.data
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        pytest.fail(f"simulator {name} exited before ready: "
+                                    f"{(self.log_dir / f'{name}.stderr').read_text()[-2000:]}")
+                    buffers[name] += chunk
+                    if b"\n" in buffers[name]:
+                        sel.unregister(key.fd)
+                        self.events[name] = json.loads(buffers[name].split(b"\n", 1)[0])
+
+    def stop(self, name: str) -> int:
+        """SIGTERM one simulator, wait, and return its exit status."""
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        return int(proc.returncode)
+
+    def close(self) -> None:
+        """Stop all; raise if one did not exit 0."""
+        bad = {name: rc for name in self.procs
+               if self.procs[name].returncode is None and (rc := self.stop(name)) != 0}
+        if bad:
+            raise AssertionError(f"simulators exited non-zero on SIGTERM: {bad}")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """hardened, one server per weakness, and weak posture, all with :data:`CONFIG`."""
+    work = tmp_path_factory.mktemp("opcua")
+    config = work / "config.json"
+    config.write_text(json.dumps(CONFIG))
+    base = ["--config", str(config)]
+    variants = {"hardened": base, "weak": [*base, "--posture", "weak"]}
+    variants.update({w: [*base, "--weakness", w] for w in WEAKNESSES})
+    fleet = Fleet(work)
+    try:
+        fleet.start(variants)
+        yield fleet
+    finally:
+        fleet.close()
+
+
+@pytest.fixture(scope="module")
+def hardened(fleet: Fleet) -> dict[str, Any]:
+    """Ready-line endpoints of the hardened server."""
+    return dict(fleet.events["hardened"]["endpoints"]["opcua"])
+
+
+@pytest.fixture(scope="module")
+def certs(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, str]]:
+    """Client certificates: ``name -> (cert, key)`` PEM paths.
+
+    ``ca_signed*`` are signed with the hardened server's test CA (every server of the fleet has
+    its own CA, so they are untrusted elsewhere); the ``*_any`` ones are valid for every server.
+    """
+    out = tmp_path_factory.mktemp("client-certs")
+    ep = fleet.events["hardened"]["endpoints"]["opcua"]
+    uri = ep["client_application_uri"]
+    ca_cert = x509.load_pem_x509_certificate(Path(ep["ca_cert"]).read_bytes())
+    ca_key = serialization.load_pem_private_key(Path(ep["ca_key"]).read_bytes(), password=None)
+    assert isinstance(ca_key, rsa.RSAPrivateKey)
+    trusted_ca = (ca_cert, ca_key)
+    other_ca_cert, other_ca_key, _ = mint(out / "other_ca.pem", "", issuer=None, ca=True)
+    result: dict[str, tuple[str, str]] = {}
+    result["self_signed_any"] = mint(out / "self_signed.pem", uri, issuer=None)[2]
+    result["unknown_ca"] = mint(out / "unknown_ca.pem", uri,
+                                issuer=(other_ca_cert, other_ca_key))[2]
+    result["ca_signed"] = mint(out / "ca_signed.pem", uri, issuer=trusted_ca)[2]
+    result["ca_signed_wrong_uri"] = mint(out / "wrong_uri.pem", "urn:somebody:else",
+                                         issuer=trusted_ca)[2]
+    result["ca_signed_expired"] = mint(out / "expired.pem", uri, issuer=trusted_ca,
+                                       valid_from=dt.timedelta(days=-30),
+                                       valid_to=dt.timedelta(days=-1))[2]
+    result["ca_signed_not_yet_valid"] = mint(out / "not_yet.pem", uri, issuer=trusted_ca,
+                                             valid_from=dt.timedelta(days=1),
+                                             valid_to=dt.timedelta(days=30))[2]
+    result["expired_any"] = mint(out / "expired_any.pem", uri, issuer=None,
+                                 valid_from=dt.timedelta(days=-30),
+                                 valid_to=dt.timedelta(days=-1))[2]
+    return result
+
+
+# -- the asyncua client side ---------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def session(ep: dict[str, Any], user: tuple[str, str] | None = None, *,
+                  cert: tuple[str, str] | None = None, app_uri: str | None = None,
+                  policy: type[sp.SecurityPolicy] | None = sp.SecurityPolicyBasic256Sha256,
+                  mode: ua.MessageSecurityMode = ua.MessageSecurityMode.SignAndEncrypt,
+                  user_cert: tuple[str, str] | None = None) -> AsyncIterator[Client]:
+    """A connected asyncua client; no keep-alive reads (so an idle session really is idle)."""
+    client = Client(ep["url"], timeout=REQUEST_TIMEOUT_S, watchdog_intervall=3600)
+    client.application_uri = app_uri or ep["client_application_uri"]
+    if policy is not None:
+        cert_path, key_path = cert or (ep["client_cert"], ep["client_key"])
+        await client.set_security(policy, cert_path, key_path,
+                                  server_certificate=ep["server_cert"], mode=mode)
+    if user is not None:
+        client.set_user(user[0])
+        client.set_password(user[1])
+    if user_cert is not None:
+        await client.load_client_certificate(user_cert[0])
+        await client.load_private_key(Path(user_cert[1]))
+    await client.connect()
+    try:
+        yield client
+    finally:
+        with contextlib.suppress(Exception):
+            await client.disconnect()
+
+
+async def outcome(awaitable: Awaitable[Any]) -> str:
+    """``Good``, the name of the Bad status the server answered, or ``refused:<exception>``."""
+    try:
+        await awaitable
+    except ua.UaStatusCodeError as exc:
+        return str(ua.StatusCode(exc.code).name)
+    except (OSError, TimeoutError, ua.UaError) as exc:
+        return f"refused:{type(exc).__name__}"
+    return "Good"
+
+
+async def login(ep: dict[str, Any], user: tuple[str, str] | None = None, **kw: Any) -> str:
+    """Outcome of connecting and reading the heartbeat."""
+    async def attempt() -> None:
+        async with session(ep, user, **kw) as client:
+            await client.get_node(ep["nodes"]["heartbeat"]).read_value()
+    return await outcome(attempt())
+
+
+def u16(value: int) -> ua.DataValue:
+    """A UInt16 value to write."""
+    return ua.DataValue(ua.Variant(value, ua.VariantType.UInt16))
+
+
+def policy_name(uri: str) -> str:
+    """``Basic256Sha256`` from its URI."""
+    return uri.rsplit("#", 1)[-1]
+
+
+async def probe(ep: dict[str, Any], certs: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """Every observation of :data:`HARDENED`, made against one server, in a fixed order."""
+    seen: dict[str, Any] = {}
+    discovery = Client(ep["url"], timeout=REQUEST_TIMEOUT_S)
+    endpoints = await discovery.connect_and_get_server_endpoints()
+    seen["endpoints"] = sorted((policy_name(e.SecurityPolicyUri), e.SecurityMode.name)
+                               for e in endpoints)
+    seen["cleartext_password_endpoint"] = any(
+        e.SecurityMode == ua.MessageSecurityMode.None_ and any(
+            t.TokenType == ua.UserTokenType.UserName
+            and policy_name(t.SecurityPolicyUri or "#None") == "None"
+            for t in e.UserIdentityTokens)
+        for e in endpoints)
+    seen["anonymous_token_offered"] = any(t.TokenType == ua.UserTokenType.Anonymous
+                                          for e in endpoints for t in e.UserIdentityTokens)
+    server_cert = x509.load_der_x509_certificate(endpoints[0].ServerCertificate)
+    key = server_cert.public_key()
+    assert isinstance(key, rsa.RSAPublicKey)
+    hash_alg = server_cert.signature_hash_algorithm
+    seen["server_cert"] = (key.key_size, hash_alg.name if hash_alg else None)
+
+    seen["none_channel_login"] = await login(ep, OPERATOR, policy=None)
+    seen["deprecated_channel_login"] = await login(ep, OPERATOR,
+                                                   policy=sp.SecurityPolicyBasic256)
+    seen["anonymous_login"] = await login(ep)
+    seen["untrusted_cert_login"] = await login(ep, OPERATOR, cert=certs["self_signed_any"])
+    seen["expired_cert_login"] = await login(ep, OPERATOR, cert=certs["expired_any"])
+    seen["wrong_password_login"] = await login(ep, (OPERATOR[0], "not-the-password"))
+    seen["unknown_user_login"] = await login(ep, ("no-such-user", "not-the-password"))
+
+    async def readonly_write() -> None:
+        async with session(ep, VIEWER) as client:
+            node = client.get_node(ep["nodes"]["scratch"][9])
+            before = await node.read_value()
+            await node.write_value(u16(4321))
+            await node.write_value(u16(before))  # reached only when the write was allowed
+    seen["readonly_write"] = await outcome(readonly_write())
+
+    async with session(ep, OPERATOR) as first, session(ep, OPERATOR):
+        seen["revised_session_timeout_ms"] = float(first.session_timeout)
+        seen["third_session"] = await login(ep, OPERATOR)
+        seen["first_session_after_refusal"] = await outcome(
+            first.get_node(ep["nodes"]["heartbeat"]).read_value())
+
+    for _ in range(2):
+        await login(ep, (LOCKTEST[0], "not-the-password"))
+    seen["locked_login"] = await login(ep, LOCKTEST)
+
+    async with session(ep, OPERATOR) as idle:
+        await asyncio.sleep(2.0)  # twice the configured idle timeout
+        seen["idle_session_read"] = await outcome(
+            idle.get_node(ep["nodes"]["heartbeat"]).read_value())
+
+    async with session(ep, OPERATOR) as client:
+        scratch = client.get_node(ep["nodes"]["scratch"][1])
+        heartbeat = client.get_node(ep["nodes"]["heartbeat"])
+        for _ in range(100):  # five times the configured fragile rate, within well under 1 s
+            await scratch.read_value()
+        await asyncio.sleep(0.1)  # let the node catch up with the scan cycle
+        first_beat = await heartbeat.read_value()
+        await asyncio.sleep(0.3)
+        second_beat = await heartbeat.read_value()
+        seen["heartbeat_after_flood"] = "advances" if second_beat != first_beat else "stalled"
+    return seen
+
+
+@pytest.fixture(scope="module")
+def probes(fleet: Fleet, certs: dict[str, tuple[str, str]]) -> dict[str, dict[str, Any]]:
+    """The probe of every server of the fleet (run concurrently)."""
+    async def run_all() -> list[dict[str, Any]]:
+        return await asyncio.gather(*(probe(fleet.events[name]["endpoints"]["opcua"], certs)
+                                      for name in fleet.events))
+    return dict(zip(fleet.events, asyncio.run(run_all()), strict=True))
+
+
+# -- the proof: hardened, each single weakness, the weak posture ---------------------------
+def test_hardened_probe(probes: dict[str, dict[str, Any]]) -> None:
+    assert probes["hardened"] == HARDENED
+
+
+@pytest.mark.parametrize("weakness", WEAKNESSES)
+def test_weakness_changes_exactly_its_behaviour(probes: dict[str, dict[str, Any]],
+                                                weakness: str) -> None:
+    changed = {k: v for k, v in probes[weakness].items() if HARDENED.get(k) != v}
+    assert changed == CHANGES[weakness]
+
+
+def test_weak_posture_has_every_weakness(fleet: Fleet,
+                                         probes: dict[str, dict[str, Any]]) -> None:
+    assert fleet.events["weak"]["weaknesses"] == sorted(WEAKNESSES)
+    expected = dict(HARDENED)
+    for change in CHANGES.values():
+        expected.update(change)
+    expected["endpoints"] = sorted([*SECURE_ENDPOINTS, *DEPRECATED_ENDPOINTS, ("None", "None_")])
+    assert probes["weak"] == expected
+
+
+# -- the hardened server in detail ---------------------------------------------------------
+def test_ready_line_contract(fleet: Fleet, hardened: dict[str, Any]) -> None:
+    event = fleet.events["hardened"]
+    assert event["event"] == "ready" and event["simulator"] == "opcua"
+    assert event["weaknesses"] == []
+    assert hardened["url"] == f"opc.tcp://127.0.0.1:{hardened['port']}/harness/plc"
+    assert hardened["namespace_uri"] == "urn:harness:simulator:plc"
+    for name in ("server_cert", "client_cert", "client_key", "ca_cert", "ca_key"):
+        assert Path(hardened[name]).is_file(), name
+    server_cert = x509.load_pem_x509_certificate(Path(hardened["server_cert"]).read_bytes())
+    san = server_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert hardened["application_uri"] in san.get_values_for_type(x509.UniformResourceIdentifier)
+    idx = hardened["namespace_index"]
+    assert hardened["nodes"]["heartbeat"] == f"ns={idx};s=PLC.Heartbeat"
+    assert hardened["nodes"]["scratch"] == [f"ns={idx};s=PLC.Scratch.{i}" for i in range(10)]
+    assert hardened["nodes"]["protected"] == [f"ns={idx};s=PLC.Protected.{i}" for i in range(10)]
+
+    async def check() -> None:
+        async with session(hardened, OPERATOR) as client:
+            assert (await client.get_namespace_array())[idx] == hardened["namespace_uri"]
+            plc = client.get_node(f"ns={idx};s=PLC")
+            names = {(await child.read_browse_name()).Name for child in await plc.get_children()}
+            assert names == ({"Heartbeat", "Setpoint", "ProcessValue", "Output"}
+                             | {f"Scratch.{i}" for i in range(10)}
+                             | {f"Protected.{i}" for i in range(10)})
+    asyncio.run(check())
+
+
+def test_heartbeat_increments_and_values_are_uint16(hardened: dict[str, Any]) -> None:
+    async def check() -> None:
+        async with session(hardened, VIEWER) as client:
+            heartbeat = client.get_node(hardened["nodes"]["heartbeat"])
+            first = await heartbeat.read_data_value()
+            await asyncio.sleep(0.3)
+            second = await heartbeat.read_data_value()
+            assert first.Value is not None and second.Value is not None
+            assert first.Value.VariantType == ua.VariantType.UInt16
+            assert second.Value.Value != first.Value.Value
+            for key in ("setpoint", "process_value", "output"):
+                value = await client.get_node(hardened["nodes"][key]).read_data_value()
+                assert value.Value is not None
+                assert value.Value.VariantType == ua.VariantType.UInt16, key
+    asyncio.run(check())
+
+
+@pytest.mark.parametrize(("cert", "app_uri", "expected"), [
+    ("self_signed_any", None, "BadCertificateUntrusted"),
+    ("unknown_ca", None, "BadCertificateUntrusted"),
+    ("ca_signed_expired", None, "BadCertificateTimeInvalid"),
+    ("ca_signed_not_yet_valid", None, "BadCertificateTimeInvalid"),
+    ("ca_signed_wrong_uri", None, "BadCertificateUriInvalid"),
+    ("ca_signed", "urn:not:in:the:certificate", "BadCertificateUriInvalid"),
+    ("ca_signed", None, "Good"),
+])
+def test_client_certificate_validation(hardened: dict[str, Any],
+                                       certs: dict[str, tuple[str, str]], cert: str,
+                                       app_uri: str | None, expected: str) -> None:
+    assert asyncio.run(login(hardened, OPERATOR, cert=certs[cert], app_uri=app_uri)) == expected
+
+
+def test_authorization(hardened: dict[str, Any]) -> None:
+    """Readonly: writes refused, value unchanged; operator: write lands, then restored."""
+    async def check() -> None:
+        scratch, setpoint = hardened["nodes"]["scratch"][3], hardened["nodes"]["setpoint"]
+        async with session(hardened, VIEWER) as viewer:
+            node = viewer.get_node(scratch)
+            before = await node.read_value()
+            for target in (scratch, setpoint):
+                assert await outcome(viewer.get_node(target).write_value(u16(777))) \
+                    == "BadUserAccessDenied"
+            assert await node.read_value() == before
+            level = await node.read_attribute(ua.AttributeIds.UserAccessLevel)
+            assert level.Value is not None
+            assert level.Value.Value == ua.AccessLevel.CurrentRead.mask
+        async with session(hardened, OPERATOR) as operator:
+            node = operator.get_node(scratch)
+            level = await node.read_attribute(ua.AttributeIds.UserAccessLevel)
+            assert level.Value is not None
+            assert level.Value.Value & ua.AccessLevel.CurrentWrite.mask
+            assert await outcome(node.write_value(u16(before ^ 0x5A5A))) == "Good"
+            assert await node.read_value() == before ^ 0x5A5A
+            assert await outcome(node.write_value(ua.DataValue(ua.Variant("text")))) \
+                == "BadTypeMismatch"
+            assert await outcome(node.write_value(u16(before))) == "Good"
+            assert await node.read_value() == before
+        async with session(hardened, ADMIN) as admin:
+            for target in (hardened["nodes"]["protected"][0], hardened["nodes"]["heartbeat"]):
+                assert await outcome(admin.get_node(target).write_value(u16(1))) \
+                    == "BadNotWritable"
+    asyncio.run(check())
+
+
+def test_x509_user_token(hardened: dict[str, Any], certs: dict[str, tuple[str, str]]) -> None:
+    """A trusted user certificate logs in as an operator; an untrusted one is refused."""
+    async def check() -> None:
+        own = (hardened["client_cert"], hardened["client_key"])
+        async with session(hardened, user_cert=own) as client:
+            node = client.get_node(hardened["nodes"]["scratch"][4])
+            before = await node.read_value()
+            assert await outcome(node.write_value(u16(before ^ 1))) == "Good"
+            assert await outcome(node.write_value(u16(before))) == "Good"
+        assert await login(hardened, user_cert=certs["self_signed_any"]) == "BadUserAccessDenied"
+    asyncio.run(check())
+
+
+def test_lockout_refuses_right_password_then_expires(hardened: dict[str, Any]) -> None:
+    async def check() -> None:
+        for _ in range(2):
+            assert await login(hardened, (LOCKTEST[0], "wrong")) == "BadUserAccessDenied"
+        assert await login(hardened, LOCKTEST) == "BadUserAccessDenied"
+        await asyncio.sleep(1.3)  # the configured lockout is 1 s
+        assert await login(hardened, LOCKTEST) == "Good"
+    asyncio.run(check())
+
+
+def test_taken_port_exits_2(start_simulator: Any, hardened: dict[str, Any]) -> None:
+    event, rc = start_simulator.expect_error("opcua", "--port", str(hardened["port"]))
+    assert rc == 2
+    assert event is not None and event["event"] == "error"
+    assert str(hardened["port"]) in event["message"]
+
+
+def test_sigterm_exits_0_and_removes_state(fleet: Fleet,
+                                           probes: dict[str, dict[str, Any]]) -> None:
+    """Runs after the probes (which need every server)."""
+    ep = fleet.events["opcua.no_lockout"]["endpoints"]["opcua"]
+    state_dir = Path(ep["ca_cert"]).parent
+    assert state_dir.is_dir()
+    assert fleet.stop("opcua.no_lockout") == 0
+    assert not state_dir.exists()
