@@ -173,7 +173,10 @@ def _plan_json(rows: list[PlanRow], loaded: LoadedProfile) -> dict[str, Any]:
                 "checks": [
                     {
                         "nodeid": d.check.nodeid,
+                        "title": d.check.title,
                         "protocol": d.check.protocol,
+                        "weakness": d.check.weakness,
+                        "disruptive": d.check.disruptive,
                         "runs": d.runs,
                         "verdict": None if d.runs else str(d.verdict),
                         "reason": d.reason,

@@ -51,9 +51,9 @@ CONFIG: dict[str, Any] = {
         {"user": LOCKTEST[0], "password": LOCKTEST[1], "role": "operator"},
     ],
     "session_limit": 2,
-    "idle_timeout_s": 1.0,
+    "idle_timeout_s": 2.0,
     "lockout_threshold": 2,
-    "lockout_duration_s": 1.0,
+    "lockout_duration_s": 2.0,
     "fragile_threshold_rps": 20.0,
     "fragile_recovery_s": 1.0,
 }
@@ -91,7 +91,7 @@ HARDENED: dict[str, Any] = {
     "readonly_write": "BadUserAccessDenied",
     "third_session": "BadTooManySessions",
     "first_session_after_refusal": "Good",
-    "revised_session_timeout_ms": 1000.0,
+    "revised_session_timeout_ms": 2000.0,
     "idle_session_read": "BadSessionNotActivated",
     "locked_login": "BadUserAccessDenied",
     "heartbeat_after_flood": "advances",
@@ -375,8 +375,10 @@ async def probe(ep: dict[str, Any], certs: dict[str, tuple[str, str]]) -> dict[s
             await node.write_value(u16(before))  # reached only when the write was allowed
     seen["readonly_write"] = await outcome(readonly_write())
 
-    async with session(ep, OPERATOR) as first, session(ep, OPERATOR):
+    async with session(ep, OPERATOR) as first, session(ep, OPERATOR) as second:
         seen["revised_session_timeout_ms"] = float(first.session_timeout)
+        for client in (first, second):  # both live and recently active
+            await client.get_node(ep["nodes"]["heartbeat"]).read_value()
         seen["third_session"] = await login(ep, OPERATOR)
         seen["first_session_after_refusal"] = await outcome(
             first.get_node(ep["nodes"]["heartbeat"]).read_value())
@@ -386,7 +388,7 @@ async def probe(ep: dict[str, Any], certs: dict[str, tuple[str, str]]) -> dict[s
     seen["locked_login"] = await login(ep, LOCKTEST)
 
     async with session(ep, OPERATOR) as idle:
-        await asyncio.sleep(2.0)  # twice the configured idle timeout
+        await asyncio.sleep(2 * CONFIG["idle_timeout_s"])
         seen["idle_session_read"] = await outcome(
             idle.get_node(ep["nodes"]["heartbeat"]).read_value())
 
@@ -544,7 +546,7 @@ def test_lockout_refuses_right_password_then_expires(hardened: dict[str, Any]) -
         for _ in range(2):
             assert await login(hardened, (LOCKTEST[0], "wrong")) == "BadUserAccessDenied"
         assert await login(hardened, LOCKTEST) == "BadUserAccessDenied"
-        await asyncio.sleep(1.3)  # the configured lockout is 1 s
+        await asyncio.sleep(CONFIG["lockout_duration_s"] + 0.3)
         assert await login(hardened, LOCKTEST) == "Good"
     asyncio.run(check())
 

@@ -1,0 +1,168 @@
+"""The detection matrix: every check FAILS on its single weakness and PASSES on hardened.
+
+Generated from what the checks declare: each check names the simulator weakness it detects
+(``@pytest.mark.weakness``). For every weakness a lab is started with only the simulators the
+declaring checks speak to and that weakness switched on; every declaring check must FAIL there,
+and no other check of that lab may FAIL (a weakness must trip exactly its own checks). One full
+hardened lab run must PASS every check. A check that declares no weakness fails this test.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.selection import CheckSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "device_profiles" / "template-plc.yaml"
+MANIFEST: dict[str, list[str]] = json.loads((ROOT / "simulators" / "manifest.json").read_text())
+
+#: The simulator behind each protocol a check may speak.
+PROTOCOL_SIMULATOR = {
+    "modbus_tcp": "modbus_tcp",
+    "modbus_tls": "modbus_tls",
+    "modbus_rtu": "modbus_rtu",
+    "console": "console",
+    "opcua": "opcua",
+    "ssh": "ssh",
+}
+
+
+def _collect() -> list[CheckSpec]:
+    """The checks as `harness plan --json` lists them (a subprocess: no nested pytest)."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "plan", str(TEMPLATE), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=True,
+    )
+    plan = json.loads(proc.stdout)
+    return [
+        CheckSpec(
+            nodeid=c["nodeid"],
+            title=c["title"],
+            requirement=r["id"],
+            protocol=c["protocol"],
+            disruptive=c["disruptive"],
+            weakness=c["weakness"],
+        )
+        for r in plan["requirements"]
+        for c in r["checks"]
+    ]
+
+
+CHECKS = _collect()
+WEAKNESSES = sorted({c.weakness for c in CHECKS if c.weakness})
+
+
+def _name(spec: CheckSpec) -> str:
+    return spec.nodeid.rsplit("::", 1)[-1]
+
+
+def simulators_for(weakness: str, checks: list[CheckSpec]) -> list[str]:
+    """The simulators a weakness lab needs: those the declaring checks speak to."""
+    sims = {PROTOCOL_SIMULATOR[c.protocol] for c in checks if c.protocol in PROTOCOL_SIMULATOR}
+    if not sims:  # network-level checks: the simulators that know the weakness
+        sims = {name for name, known in MANIFEST.items() if weakness in known}
+    return sorted(sims)
+
+
+def test_checks_were_collected() -> None:
+    assert CHECKS, "no conformance checks collected"
+
+
+@pytest.mark.parametrize("spec", CHECKS, ids=_name)
+def test_every_check_declares_a_known_weakness(spec: CheckSpec) -> None:
+    assert spec.weakness, f"{spec.nodeid} declares no weakness (@pytest.mark.weakness)"
+    known = {w for ws in MANIFEST.values() for w in ws}
+    assert spec.weakness in known, f"{spec.nodeid}: weakness {spec.weakness} is in no simulator"
+    assert spec.protocol in (*PROTOCOL_SIMULATOR, "network"), spec.nodeid
+
+
+@pytest.fixture(scope="module")
+def hardened_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from harness.lab import LabDefinition, lab_down, lab_up
+
+    state = tmp_path_factory.mktemp("matrix") / "hardened"
+    lab = LabDefinition.model_validate({"name": "matrix-hardened"})
+    lab_up(lab, state)
+    try:
+        return _run(state / "profile.yaml", tmp_path_factory.mktemp("matrix-out"))
+    finally:
+        lab_down(state)
+
+
+def _run(profile: Path, out: Path, k: str | None = None) -> dict[str, Any]:
+    import os
+    import subprocess
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "run",
+        str(profile),
+        "--out",
+        str(out),
+        "--allow-disruptive",
+    ]
+    if k:
+        cmd += ["-k", k]
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+        env={**os.environ, "CI": "true"},
+        check=False,
+    )
+    assert (out / "results.json").exists(), f"no results:\n{proc.stdout[-4000:]}\n{proc.stderr}"
+    results: dict[str, Any] = json.loads((out / "results.json").read_text())
+    results["_output"] = proc.stdout[-6000:] + proc.stderr[-2000:]
+    return results
+
+
+def _verdicts(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["nodeid"]: c for c in results["checks"]}
+
+
+@pytest.mark.parametrize("spec", CHECKS, ids=_name)
+def test_check_passes_on_hardened(spec: CheckSpec, hardened_run: dict[str, Any]) -> None:
+    found = _verdicts(hardened_run).get(spec.nodeid)
+    assert found is not None, f"{spec.nodeid} did not run:\n{hardened_run['_output']}"
+    assert found["verdict"] == "PASS", f"{spec.nodeid}: {found['verdict']}: {found['reason']}"
+
+
+@pytest.mark.parametrize("weakness", WEAKNESSES)
+def test_weakness_fails_exactly_its_checks(
+    weakness: str, lab: Callable[..., Any], tmp_path: Path
+) -> None:
+    declaring = [c for c in CHECKS if c.weakness == weakness]
+    sims = simulators_for(weakness, declaring)
+    running = lab(simulators=sims, weaknesses=[weakness])
+    protocols = {p for p, s in PROTOCOL_SIMULATOR.items() if s in sims} | {"network"}
+    in_scope = [c for c in CHECKS if c.protocol in protocols]
+    results = _run(
+        running.profile_path, tmp_path / "out", k=" or ".join(sorted({_name(c) for c in in_scope}))
+    )
+    verdicts = _verdicts(results)
+    for spec in declaring:
+        got = verdicts.get(spec.nodeid)
+        assert got is not None, f"{spec.nodeid} did not run:\n{results['_output']}"
+        assert got["verdict"] == "FAIL", (
+            f"{spec.nodeid} on {weakness}: {got['verdict']}: {got['reason']}"
+        )
+    others = {n: c for n, c in verdicts.items() if c["weakness"] != weakness}
+    collateral = {n: c["reason"] for n, c in others.items() if c["verdict"] == "FAIL"}
+    assert not collateral, f"{weakness} also failed other checks: {collateral}"
