@@ -301,7 +301,7 @@ class Series:
             return
         index = int((now - self.start) / BUCKET_S)
         rows = self.rows
-        if not rows or int(round(rows[-1][0] / BUCKET_S)) < index:
+        if not rows or round(rows[-1][0] / BUCKET_S) < index:
             rows.append([round(index * BUCKET_S, 3), 0, 0])
         rows[-1][1] += sent
         rows[-1][2] += answered

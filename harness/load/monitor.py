@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from harness.errors import HarnessError, TargetError
+from harness.errors import HarnessError
 from harness.load import StopFlag
 
 if TYPE_CHECKING:
@@ -442,14 +442,14 @@ class OpcUaReadProbe(Probe):
                               "no session (reconnect pending)")
             try:
                 self._loop.run_until_complete(self._open())
-            except Exception as exc:  # noqa: BLE001 - any failure to open is a failed sample
+            except Exception as exc:  # any failure to open is a failed sample
                 self.close()
                 return Sample(t0, self.spec.name, False, None, None, None,
                               f"session: {_describe(exc)}")
             t0 = time.monotonic()
         try:
             value = self._loop.run_until_complete(self._read())
-        except Exception as exc:  # noqa: BLE001 - any failed read is a failed sample
+        except Exception as exc:  # any failed read is a failed sample
             self.close()
             return Sample(t0, self.spec.name, False, (time.monotonic() - t0) * 1000.0, None,
                           None, f"read: {_describe(exc)}")
@@ -681,7 +681,7 @@ class MonitorProcess:
         except ValueError:
             event = {}
         if event.get("event") != "ready":
-            self.stop()
+            self.close()
             tail = self.stderr_path.read_text(errors="replace")[-1500:]
             raise HarnessError(f"the monitor process did not start: {tail.strip() or 'no output'}")
         self.started = float(event["t"])
@@ -729,13 +729,12 @@ class MonitorProcess:
         return None
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Ask the process to stop, wait, kill it if it does not; read the last samples."""
+        """Ask the process to stop, wait, kill it if it does not; read the last samples.
+
+        The abort flag stays usable until :meth:`close`."""
         proc = self._proc
         if proc is not None:
-            if not self.flag.path.exists():
-                proc.kill()
-            else:
-                self.flag.request_stop()
+            self.flag.request_stop()
             try:
                 proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -744,6 +743,11 @@ class MonitorProcess:
             if proc.stdout is not None:
                 proc.stdout.close()
         self.poll()
+
+    def close(self) -> None:
+        """Stop the process (if running) and release the flag."""
+        if self.running:
+            self.stop()
         self.flag.close()
 
     def __enter__(self) -> MonitorProcess:
@@ -752,6 +756,7 @@ class MonitorProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        self.close()
 
 
 # --------------------------------------------------------------------------- judgement
@@ -874,8 +879,8 @@ class Judgement:
                 "during": {k: v.to_json() for k, v in self.during.items()}}
 
 
-def judge(samples: Sequence[Sample], probes: Sequence[str], load_start: float, load_end: float,
-          recovery_wait_s: float, abort_reason: str | None = None) -> Judgement:
+def judge(samples: Sequence[Sample], probes: Sequence[str], *, load_start: float,
+          load_end: float, recovery_wait_s: float, abort_reason: str | None = None) -> Judgement:
     """Judge the samples of one load: within bounds during ``[load_start, load_end]``, and
     recovered within ``recovery_wait_s`` after ``load_end``."""
     during = {p: figures(samples, p, load_start, load_end) for p in probes}
