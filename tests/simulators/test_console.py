@@ -190,7 +190,7 @@ def test_no_banner(console: Callable[..., Console]) -> None:
 
 # -- lockout -----------------------------------------------------------------------------------
 def test_failed_logins_lock_the_account_then_it_unlocks(console: Callable[..., Console]) -> None:
-    con = console(lockout_threshold=2, lockout_duration_s=1.0)
+    con = console(lockout_threshold=2, lockout_duration_s=2.0)
     assert "Login incorrect" in con.login("locktest", "wrong-1")
     assert "Login incorrect" in con.login("locktest", "wrong-2")
     locked = con.login(*LOCKTEST)
