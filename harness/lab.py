@@ -28,14 +28,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.errors import LabError
 
-SIMULATORS = ("modbus_tcp", "modbus_tls", "modbus_rtu", "console", "opcua", "ssh")
 #: Seconds a simulator may take to print its ready line.
 READY_TIMEOUT_S = 20.0
 STATE_FILE = "state.json"
@@ -55,6 +54,10 @@ class LabPolicy(BaseModel):
     fragile_recovery_s: float = Field(default=1.0, ge=0)
 
 
+SimulatorName = Literal["modbus_tcp", "modbus_tls", "modbus_rtu", "console", "opcua", "ssh"]
+SIMULATORS: tuple[SimulatorName, ...] = get_args(SimulatorName)
+
+
 class LabDefinition(BaseModel):
     """A lab: which simulators, in which posture, with which weaknesses."""
 
@@ -63,9 +66,9 @@ class LabDefinition(BaseModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     posture: Literal["hardened", "weak"] = "hardened"
-    simulators: list[
-        Literal["modbus_tcp", "modbus_tls", "modbus_rtu", "console", "opcua", "ssh"]
-    ] = Field(default_factory=lambda: list(SIMULATORS))
+    simulators: list[SimulatorName] = Field(
+        default_factory=lambda: list[SimulatorName](SIMULATORS)
+    )
     weaknesses: list[str] = Field(default_factory=list)
     #: Fixed ports per simulator (default: the OS picks).
     ports: dict[str, int] = Field(default_factory=dict)

@@ -262,6 +262,7 @@ def issue(
     client: bool = True,
     server: bool = False,
     is_ca: bool = False,
+    subject: x509.Name | None = None,
 ) -> Issued:
     """Make a certificate for ``common_name``.
 
@@ -281,6 +282,8 @@ def issue(
     :param client: add the clientAuth extended key usage.
     :param server: add the serverAuth extended key usage.
     :param is_ca: make a CA certificate (basicConstraints CA, keyCertSign, cRLSign).
+    :param subject: the full subject name, instead of ``O=harness test PKI, CN=common_name``
+        (e.g. to forge a CA with a trusted CA's name but another key).
     :raises ValueError: an unknown hash, an empty name, naive datetimes, an empty validity, a
         bad IP address, or a hash the signer's key type cannot use.
     """
@@ -307,7 +310,8 @@ def issue(
         raise ValueError(f"not_after ({end.isoformat()}) must be after not_before "
                          f"({start.isoformat()})")
 
-    subject = _name(common_name)
+    if subject is None:
+        subject = _name(common_name)
     issuer_name = issuer.cert.subject if issuer is not None else subject
     builder = (
         x509.CertificateBuilder()

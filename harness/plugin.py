@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from harness.catalog import Catalog
     from harness.profile import LoadedProfile
     from harness.safety import Guard
-    from harness.selection import CheckSpec
+    from harness.selection import CheckSpec, Decision
 
 #: Exit codes of a run (DESIGN.md section 3).
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
@@ -304,7 +304,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         verdict = (Verdict.PASS, "")
     if verdict is not None:
         item.stash[_verdict_key] = verdict
-        report.harness_verdict = str(verdict[0])  # type: ignore[attr-defined]
+        report.harness_verdict = str(verdict[0])
     return report
 
 

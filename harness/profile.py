@@ -421,6 +421,9 @@ class LockoutPolicy(Strict):
     duration_s: float = Field(ge=0, le=3600)
 
 
+SshAuthMethod = Literal["publickey", "password", "keyboard-interactive"]
+
+
 class Expectations(Strict):
     """Pass lines set by the device's own policy."""
 
@@ -435,8 +438,8 @@ class Expectations(Strict):
         default_factory=lambda: [1, 2, 3, 4, 5, 6, 15, 16, 22, 23]
     )
     #: SSH authentication methods the device is documented to offer.
-    ssh_auth_methods: list[Literal["publickey", "password", "keyboard-interactive"]] = Field(
-        default_factory=lambda: ["publickey", "password"]
+    ssh_auth_methods: list[SshAuthMethod] = Field(
+        default_factory=lambda: list[SshAuthMethod](["publickey", "password"])
     )
     #: What a Modbus RTU broadcast write should do: be ignored, or be executed.
     rtu_broadcast: Literal["ignore", "execute"] = "ignore"

@@ -420,9 +420,8 @@ class _DeviceServer(paramiko.ServerInterface):
         return _OPEN_OK
 
     def check_channel_pty_request(  # noqa: PLR0917 (paramiko's signature)
-            self, channel: paramiko.Channel, term: bytes, width: int,
-                                  height: int, pixelwidth: int, pixelheight: int,
-                                  modes: bytes) -> bool:
+            self, channel: paramiko.Channel, term: bytes, width: int, height: int,
+            pixelwidth: int, pixelheight: int, modes: bytes) -> bool:
         self.conn.ptys.add(channel.get_id())
         return True
 
@@ -491,6 +490,7 @@ class SSHSimulator:
             return False
         with self.lock:
             if conn.has_slot is None:
+                self._prune_locked()  # slots of connections that just ended are free
                 in_use = sum(1 for c in self._conns if c.has_slot)
                 limited = not self.args.has("ssh.no_session_limit")
                 conn.has_slot = not (limited and in_use >= self.config.session_limit)
@@ -517,9 +517,11 @@ class SSHSimulator:
             command = conn.pending.pop(channel.get_id())
             if self.stopping.is_set():
                 return
-            conn.channels.append(channel)
+            conn.channels = [c for c in conn.channels if not c.closed] + [channel]
+            conn.shells = [c for c in conn.shells if not c.closed]
             if command is None:
                 conn.shells.append(channel)
+            conn.ptys &= {c.get_id() for c in conn.channels}
             self._threads = [t for t in self._threads if t.is_alive()]
             thread = threading.Thread(target=self._serve_channel,
                                       args=(conn, channel, command),
@@ -662,6 +664,7 @@ class SSHSimulator:
         if message:
             for channel in list(conn.shells):
                 with contextlib.suppress(Exception):
+                    channel.settimeout(0.25)  # a client that does not read must not stall us
                     _send(channel, crlf(f"\n{message}\n"))
                     channel.send_exit_status(0)
         with contextlib.suppress(Exception):

@@ -216,9 +216,11 @@ class Fleet:
         return int(proc.returncode)
 
     def close(self) -> None:
-        """Stop all; raise if one did not exit 0."""
-        bad = {name: rc for name in self.procs
-               if self.procs[name].returncode is None and (rc := self.stop(name)) != 0}
+        """Stop all (SIGTERM to every one first, then wait); raise if one did not exit 0."""
+        running = [name for name, proc in self.procs.items() if proc.poll() is None]
+        for name in running:
+            self.procs[name].send_signal(signal.SIGTERM)
+        bad = {name: rc for name in running if (rc := self.stop(name)) != 0}
         if bad:
             raise AssertionError(f"simulators exited non-zero on SIGTERM: {bad}")
 

@@ -445,8 +445,13 @@ def test_failed_logins_lock_the_account_then_it_unlocks(
 def test_no_lockout_keeps_accepting_after_failures(
         ssh_sim: Callable[..., dict[str, Any]]) -> None:
     ep = ssh_sim("ssh.no_lockout", lockout_threshold=2, lockout_duration_s=60.0)
-    for attempt in range(4):
-        assert not try_password(ep, "locktest", f"wrong-{attempt}")
+    with transport(ep) as t:
+        for attempt in range(4):
+            with pytest.raises(paramiko.AuthenticationException):
+                t.auth_password("locktest", f"wrong-{attempt}")
+        t.auth_password(*LOCKTEST)
+        assert t.is_authenticated()
+    assert not try_password(ep, "locktest", "wrong-again")
     assert try_password(ep, *LOCKTEST)
 
 

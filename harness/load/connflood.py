@@ -1,0 +1,216 @@
+"""Connection floods: connect/close storms and half-open (slowloris) holds.
+
+- :func:`connect_storm`: open and close connections as fast as the cap allows (``close="fin"``
+  for an orderly close, ``"rst"`` for an abortive one that leaves no TIME_WAIT behind), with an
+  optional greeting sent first (:func:`ssh_greeting`, :func:`opcua_hello`) so the device's
+  protocol stack, not only its TCP stack, does work for every connection;
+- :func:`hold_connections`: open up to ``count`` connections, send each an incomplete request
+  (by default an MBAP header announcing 253 more bytes) and keep them open, trickling one byte
+  per connection every ``trickle_s`` so that an idle timer alone does not free them; records how
+  many the device accepted, closed at once, or closed later (and when).
+
+Bounds: connection rate (:class:`~harness.load.Pacer`), total time ``duration_s`` / ``hold_s``,
+optional ``max_connections`` count, the stop flag; every socket is closed before returning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import selectors
+import socket
+import struct
+import time
+from typing import TYPE_CHECKING
+
+from harness.load import LoadResult, NeverStop, Pacer, Series, Stoppable
+
+if TYPE_CHECKING:
+    from harness.safety import Guard
+
+#: Incomplete MBAP header: transaction 1, protocol 0, length 254 (253 PDU bytes still to come).
+MBAP_PARTIAL = struct.pack(">HHH", 1, 0, 254)
+#: Most connections one hold may keep open.
+MAX_HOLD = 1024
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+
+def ssh_greeting() -> bytes:
+    """An SSH identification string (RFC 4253 section 4.2)."""
+    return b"SSH-2.0-harness_load\r\n"
+
+
+def opcua_hello(endpoint_url: str) -> bytes:
+    """An OPC UA Hello message (OPC 10000-6, 7.1.2.3) for ``endpoint_url``."""
+    url = endpoint_url.encode()
+    body = struct.pack("<IIIII", 0, 65536, 65536, 0, 0) + struct.pack("<i", len(url)) + url
+    return b"HELF" + struct.pack("<I", 8 + len(body)) + body
+
+
+def _family(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def connect_storm(host: str, port: int, *, guard: Guard, rate: float, duration_s: float,
+                  payload: bytes | None = None, close: str = "fin", timeout_s: float = 3.0,
+                  max_connections: int | None = None, stop: Stoppable | None = None,
+                  kind: str = "connect_storm") -> LoadResult:
+    """Connect and close at most ``rate`` times per second for ``duration_s``.
+
+    ``sent`` counts attempts, ``answered`` established connections, ``rejected`` refused ones,
+    ``errors`` timeouts and other failures.
+    """
+    if close not in ("fin", "rst"):
+        raise ValueError(f"close must be 'fin' or 'rst', got {close!r}")
+    address = guard.check_destination(host, port)
+    family = _family(address)
+    stop = stop or NeverStop()
+    pacer = Pacer(rate)
+    start = time.monotonic()
+    deadline = start + duration_s
+    limit = max_connections if max_connections is not None else 1 << 62
+    result = LoadResult(kind, f"{host}:{port}", rate, started=start)
+    result.details.update({"close": close, "payload_bytes": len(payload or b"")})
+    series = Series(start)
+    errors: dict[str, int] = {}
+    reason = "duration"
+    dest = (address, port)
+    rst = close == "rst"
+    while True:
+        now = time.monotonic()
+        if stop.is_set():
+            reason = "abort"
+            break
+        if now >= deadline:
+            break
+        if result.sent >= limit:
+            reason = "count"
+            break
+        n = pacer.take(min(64, limit - result.sent))
+        if n == 0:
+            time.sleep(min(pacer.wait_s(), max(0.0, deadline - now), 0.05))
+            continue
+        established = 0
+        for _ in range(n):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            if rst:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+            sock.settimeout(max(0.05, min(timeout_s, deadline - time.monotonic())))
+            result.sent += 1
+            try:
+                sock.connect(dest)
+                established += 1
+                if payload:
+                    sock.send(payload)
+            except ConnectionRefusedError:
+                result.rejected += 1
+            except OSError as exc:
+                result.errors += 1
+                key = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+                errors[key] = errors.get(key, 0) + 1
+            finally:
+                sock.close()
+            if stop.is_set():
+                break
+        result.answered += established
+        series.add(now, n, established)
+    result.ended = time.monotonic()
+    result.stop_reason = reason
+    result.series = series.rows
+    if errors:
+        result.details["error_kinds"] = errors
+    return result
+
+
+def hold_connections(host: str, port: int, *, guard: Guard, count: int, connection_rate: float,
+                     hold_s: float, partial: bytes = MBAP_PARTIAL, trickle_s: float | None = 1.0,
+                     timeout_s: float = 3.0, stop: Stoppable | None = None,
+                     kind: str = "hold_connections") -> LoadResult:
+    """Open up to ``count`` connections (paced), send ``partial`` on each and hold them.
+
+    The whole run (opening included) lasts at most ``hold_s``. ``answered`` counts connections
+    established, ``disconnects`` those the device closed while we held them (details give the
+    seconds after which it did), ``rejected`` refused connects.
+    """
+    if not 1 <= count <= MAX_HOLD:
+        raise ValueError(f"count must be 1..{MAX_HOLD}, got {count}")
+    address = guard.check_destination(host, port)
+    family = _family(address)
+    stop = stop or NeverStop()
+    pacer = Pacer(connection_rate)
+    start = time.monotonic()
+    deadline = start + hold_s
+    result = LoadResult(kind, f"{host}:{port}", connection_rate, started=start)
+    series = Series(start)
+    sel = selectors.DefaultSelector()
+    opened_at: dict[socket.socket, float] = {}
+    closed_after: list[float] = []
+    max_open = 0
+    next_trickle = start + (trickle_s or hold_s)
+    reason = "duration"
+    try:
+        while True:
+            now = time.monotonic()
+            if stop.is_set():
+                reason = "abort"
+                break
+            if now >= deadline:
+                break
+            if result.sent < count and pacer.take(1):
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.settimeout(max(0.05, min(timeout_s, deadline - now)))
+                result.sent += 1
+                try:
+                    sock.connect((address, port))
+                    if partial:
+                        sock.send(partial)
+                except ConnectionRefusedError:
+                    result.rejected += 1
+                    sock.close()
+                except OSError:
+                    result.errors += 1
+                    sock.close()
+                else:
+                    sock.setblocking(False)
+                    opened_at[sock] = time.monotonic()
+                    sel.register(sock, selectors.EVENT_READ)
+                    result.answered += 1
+                    series.add(now, 1, 1)
+                max_open = max(max_open, len(opened_at))
+            if trickle_s is not None and now >= next_trickle:
+                next_trickle = now + trickle_s
+                for sock in list(opened_at):
+                    with contextlib.suppress(OSError):
+                        sock.send(b"\0")
+            wait = 0.01 if result.sent < count else min(0.05, max(0.0, deadline - now))
+            if not opened_at:
+                time.sleep(wait)
+                continue
+            for key, _mask in sel.select(wait):
+                sock = key.fileobj  # type: ignore[assignment]
+                try:
+                    data = sock.recv(4096)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if data:
+                    continue  # an answer to a partial request: keep holding
+                closed_after.append(round(time.monotonic() - opened_at.pop(sock), 3))
+                sel.unregister(sock)
+                sock.close()
+                result.disconnects += 1
+    finally:
+        still_open = len(opened_at)
+        for sock in list(opened_at):
+            with contextlib.suppress(KeyError, ValueError):
+                sel.unregister(sock)
+            sock.close()
+        sel.close()
+    result.ended = time.monotonic()
+    result.stop_reason = reason
+    result.series = series.rows
+    result.details.update({"requested": count, "max_open_at_once": max_open,
+                           "still_open_at_end": still_open,
+                           "closed_by_device_after_s": closed_after[:50]})
+    return result
