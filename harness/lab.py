@@ -54,8 +54,11 @@ class LabPolicy(BaseModel):
     fragile_recovery_s: float = Field(default=1.0, ge=0)
 
 
-SimulatorName = Literal["modbus_tcp", "modbus_tls", "modbus_rtu", "console", "opcua", "ssh"]
-SIMULATORS: tuple[SimulatorName, ...] = get_args(SimulatorName)
+SimulatorName = Literal[
+    "modbus_tcp", "modbus_tls", "modbus_rtu", "console", "opcua", "ssh", "hostile"
+]
+#: The simulators of a default lab (a hostile device is only ever asked for by name).
+SIMULATORS: tuple[SimulatorName, ...] = tuple(n for n in get_args(SimulatorName) if n != "hostile")
 
 
 class LabDefinition(BaseModel):
@@ -66,9 +69,7 @@ class LabDefinition(BaseModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     posture: Literal["hardened", "weak"] = "hardened"
-    simulators: list[SimulatorName] = Field(
-        default_factory=lambda: list[SimulatorName](SIMULATORS)
-    )
+    simulators: list[SimulatorName] = Field(default_factory=lambda: list[SimulatorName](SIMULATORS))
     weaknesses: list[str] = Field(default_factory=list)
     #: Fixed ports per simulator (default: the OS picks).
     ports: dict[str, int] = Field(default_factory=dict)
@@ -311,19 +312,24 @@ def generated_profile(
     from harness import __version__
 
     sims = state["simulators"]
+    # Endpoints are matched by their key, whichever simulator reported them (a hostile device
+    # may serve several protocols from one process).
+    eps: dict[str, dict[str, Any]] = {}
+    for sim in sims.values():
+        eps.update(sim["endpoints"])
     interfaces: dict[str, Any] = {}
     open_ports: list[int] = []
     ssh_key = None
-    if "modbus_tcp" in sims:
-        ep = sims["modbus_tcp"]["endpoints"]["modbus"]
+    if "modbus" in eps:
+        ep = eps["modbus"]
         interfaces["modbus_tcp"] = {
             "host": ep["host"],
             "port": ep["port"],
             "unit_id": ep.get("unit", 1),
         }
         open_ports.append(ep["port"])
-    if "modbus_tls" in sims:
-        ep = sims["modbus_tls"]["endpoints"]["mbtls"]
+    if "mbtls" in eps:
+        ep = eps["mbtls"]
         interfaces["modbus_tls"] = {
             "host": ep["host"],
             "port": ep["port"],
@@ -331,31 +337,31 @@ def generated_profile(
             "ca_key": ep["ca_key"],
         }
         open_ports.append(ep["port"])
-    if "opcua" in sims:
-        ep = sims["opcua"]["endpoints"]["opcua"]
-        interfaces["opcua"] = {
-            "endpoint": ep["url"],
-            "client_cert": ep["client_cert"],
-            "client_key": ep["client_key"],
-            "application_uri": ep.get("client_application_uri"),
-        }
-        if interfaces["opcua"]["application_uri"] is None:
-            del interfaces["opcua"]["application_uri"]
+    if "opcua" in eps:
+        ep = eps["opcua"]
+        interfaces["opcua"] = {"endpoint": ep["url"]}
+        for key, src in (
+            ("client_cert", "client_cert"),
+            ("client_key", "client_key"),
+            ("application_uri", "client_application_uri"),
+        ):
+            if ep.get(src):
+                interfaces["opcua"][key] = ep[src]
         open_ports.append(int(ep["url"].rsplit(":", 1)[1].split("/", 1)[0]))
-    if "ssh" in sims:
-        ep = sims["ssh"]["endpoints"]["ssh"]
+    if "ssh" in eps:
+        ep = eps["ssh"]
         interfaces["ssh"] = {"host": ep["host"], "port": ep["port"]}
         ssh_key = ep.get("client_key")
         open_ports.append(ep["port"])
-    if "modbus_rtu" in sims:
-        ep = sims["modbus_rtu"]["endpoints"]["rtu"]
+    if "rtu" in eps:
+        ep = eps["rtu"]
         interfaces["modbus_rtu"] = {
             "device": ep["path"],
             "baud": ep.get("baud", 19200),
             "unit_id": ep.get("unit", 1),
         }
-    if "console" in sims:
-        ep = sims["console"]["endpoints"]["console"]
+    if "console" in eps:
+        ep = eps["console"]
         interfaces["console"] = {"device": ep["path"], "baud": ep.get("baud", 115200)}
     sdir = Path(state["state_dir"]) / "secrets"
     acc_out: dict[str, Any] = {}
@@ -378,14 +384,14 @@ def generated_profile(
             {"protocol": "modbus", "table": "coil", "address": 200, "count": 8},
         ]
     essential: list[dict[str, Any]] = []
-    if "opcua" in sims:
-        ns = sims["opcua"]["endpoints"]["opcua"].get("namespace_index", 2)
+    if "opcua" in eps:
+        ns = eps["opcua"].get("namespace_index", 2)
         points["scratch"].append({"protocol": "opcua", "node": f"ns={ns};s=PLC.Scratch.0"})
         points["protected"].append({"protocol": "opcua", "node": f"ns={ns};s=PLC.Protected.0"})
     if "modbus_tcp" in interfaces:
         essential.append({"kind": "modbus_heartbeat", "address": 0, "max_stall_ms": 500})
-    if "opcua" in sims:
-        ns = sims["opcua"]["endpoints"]["opcua"].get("namespace_index", 2)
+    if "opcua" in eps:
+        ns = eps["opcua"].get("namespace_index", 2)
         essential.append(
             {"kind": "opcua_read", "node": f"ns={ns};s=PLC.Heartbeat", "max_latency_ms": 500}
         )
