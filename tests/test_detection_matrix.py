@@ -19,6 +19,9 @@ import pytest
 
 from harness.selection import CheckSpec
 
+#: Each lab run is bounded by the profile's caps; the hardened run holds every check.
+pytestmark = pytest.mark.timeout(900)
+
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "device_profiles" / "template-plc.yaml"
 MANIFEST: dict[str, list[str]] = json.loads((ROOT / "simulators" / "manifest.json").read_text())

@@ -36,6 +36,7 @@ from __future__ import annotations
 import socket
 import ssl
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -66,6 +67,9 @@ _HELLO_VERSION = {
 #: Errors that mean "the peer closed or reset the connection".
 _CLOSED = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError,
            ConnectionAbortedError)
+
+#: Device certificates already described in each check's evidence (noted once per check).
+_described: weakref.WeakKeyDictionary[Evidence, set[str]] = weakref.WeakKeyDictionary()
 
 Stage = Literal["handshake", "before first reply"]
 Versions = ssl.TLSVersion | tuple[ssl.TLSVersion, ssl.TLSVersion] | None
@@ -417,7 +421,9 @@ def connect(guard: Guard, evidence: Evidence, endpoint: Endpoint, *,
     evidence.received(endpoint.url, summary=f"handshake complete: {handshake.version} "
                                        f"{handshake.cipher}; device certificate "
                                        f"{handshake.server_fingerprint}")
-    if der:
+    seen = _described.setdefault(evidence, set())
+    if der and handshake.server_fingerprint not in seen:
+        seen.add(handshake.server_fingerprint or "")
         evidence.note("device certificate", **pki.describe(x509.load_der_x509_certificate(der)))
     return MbtlsClient(tls, endpoint=endpoint, handshake=handshake, evidence=evidence,
                        timeouts=timeouts, label=label)

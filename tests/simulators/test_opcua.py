@@ -201,11 +201,12 @@ class Fleet:
                         sel.unregister(key.fd)
                         self.events[name] = json.loads(buffers[name].split(b"\n", 1)[0])
 
-    def stop(self, name: str) -> int:
-        """SIGTERM one simulator, wait, and return its exit status."""
+    def stop(self, name: str, *, signalled: bool = False) -> int:
+        """SIGTERM one simulator (unless ``signalled``), wait, and return its exit status."""
         proc = self.procs[name]
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            if not signalled:
+                proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -220,7 +221,7 @@ class Fleet:
         running = [name for name, proc in self.procs.items() if proc.poll() is None]
         for name in running:
             self.procs[name].send_signal(signal.SIGTERM)
-        bad = {name: rc for name in running if (rc := self.stop(name)) != 0}
+        bad = {name: rc for name in running if (rc := self.stop(name, signalled=True)) != 0}
         if bad:
             raise AssertionError(f"simulators exited non-zero on SIGTERM: {bad}")
 
@@ -566,5 +567,8 @@ def test_sigterm_exits_0_and_removes_state(fleet: Fleet,
     ep = fleet.events["opcua.no_lockout"]["endpoints"]["opcua"]
     state_dir = Path(ep["ca_cert"]).parent
     assert state_dir.is_dir()
-    assert fleet.stop("opcua.no_lockout") == 0
+    proc = fleet.procs["opcua.no_lockout"]
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)  # a repeated SIGTERM must not cut the shutdown short
+    assert fleet.stop("opcua.no_lockout", signalled=True) == 0
     assert not state_dir.exists()

@@ -1,0 +1,209 @@
+"""Network-layer load: SYN flood and malformed IP/TCP packets (raw sockets: root only).
+
+Packets are crafted once with scapy and sent as prebuilt bytes through one raw IPv4 socket
+(``IPPROTO_RAW``, so ``IP_HDRINCL``): scapy's own ``send()`` manages about 2k packets/s, and its
+default L3 socket silently sends nothing on loopback, while a plain ``sendto`` of ready bytes
+runs at the kernel's pace. Linux fills in the IP checksum and total length of every packet sent
+this way, so a bad *IP* checksum cannot be sent from here (it would need a link-layer socket);
+bad *TCP* checksums, flag sets, offsets, options and fragments can.
+
+The source address is the one the kernel would use to reach the device (on loopback,
+127.0.0.1): the device's answers (SYN-ACKs) come back to us and our kernel resets them, as it
+would for any scanner. Spoofed, unreachable sources are deliberately not offered.
+
+IPv4 only. Bounds as everywhere: :class:`~harness.load.Pacer` at ``rate`` packets per second,
+``duration_s``, optional ``max_packets``, the stop flag.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from harness.errors import HarnessError
+from harness.load import LoadResult, NeverStop, Pacer, Series, Stoppable, is_root
+
+if TYPE_CHECKING:
+    from harness.safety import Guard
+
+#: Distinct SYN packets cycled through by the flood (source port and sequence vary).
+SYN_VARIANTS = 1024
+
+
+def source_address(dst: str) -> str:
+    """The local address the kernel would use to reach ``dst`` (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((dst, 9))
+        return str(s.getsockname()[0])
+
+
+def _ipv4(guard: Guard, host: str) -> str:
+    address = guard.check_destination(host)
+    if ":" in address:
+        raise HarnessError(f"network-layer load supports IPv4 only; {host} is {address}")
+    return address
+
+
+def syn_packets(dst: str, dport: int, *, count: int = SYN_VARIANTS, src: str | None = None,
+                seed: int | None = None) -> list[bytes]:
+    """``count`` TCP SYNs to ``dst:dport`` with varying source ports and sequence numbers."""
+    from scapy.layers.inet import IP, TCP
+
+    rng = random.Random(seed)
+    src = src or source_address(dst)
+    out = []
+    for _ in range(count):
+        pkt = IP(src=src, dst=dst, id=rng.randrange(1, 65536), ttl=64) / TCP(
+            sport=rng.randrange(1024, 65536), dport=dport, seq=rng.randrange(1 << 32),
+            flags="S", window=1024, options=[("MSS", 1460)])
+        out.append(bytes(pkt))
+    return out
+
+
+def malformed_packets(dst: str, dport: int, *, src: str | None = None) -> list[tuple[str, bytes]]:
+    """Malformed or abnormal IPv4/TCP packets to ``dst:dport``, each with a name.
+
+    Bad TCP checksum; invalid flag sets (SYN+FIN, SYN+RST, none, XMAS, all); LAND (source =
+    destination, same port); TCP data offset past the packet; truncated and zero-length TCP
+    options; URG with an urgent pointer past the data; overlapping IP fragments; a tiny first
+    fragment that splits the TCP header; a fragment whose reassembly would pass 65535 bytes;
+    garbage IP options; an unassigned IP protocol.
+    """
+    from scapy.layers.inet import IP, TCP
+    from scapy.packet import Raw
+
+    src = src or source_address(dst)
+    rng = random.Random(7)
+
+    def ip(**kw: object) -> IP:
+        return IP(src=src, dst=dst, id=rng.randrange(1, 65536), ttl=64, **kw)
+
+    def tcp(**kw: object) -> TCP:
+        fields: dict[str, object] = {"sport": rng.randrange(1024, 65536), "dport": dport,
+                                     "seq": rng.randrange(1 << 32), "window": 1024}
+        fields.update(kw)
+        return TCP(**fields)
+
+    out: list[tuple[str, bytes]] = [
+        ("bad_tcp_checksum", bytes(ip() / tcp(flags="S", chksum=0xDEAD))),
+        ("syn_fin", bytes(ip() / tcp(flags="SF"))),
+        ("syn_rst", bytes(ip() / tcp(flags="SR"))),
+        ("null_flags", bytes(ip() / tcp(flags=0))),
+        ("xmas", bytes(ip() / tcp(flags="FPU", urgptr=1))),
+        ("all_flags", bytes(ip() / tcp(flags="FSRPAUEC"))),
+        ("land", bytes(IP(src=dst, dst=dst, id=rng.randrange(1, 65536))
+                       / TCP(sport=dport, dport=dport, flags="S", seq=rng.randrange(1 << 32)))),
+        ("data_offset_past_end", bytes(ip() / tcp(flags="S", dataofs=15))),
+        ("data_offset_too_small", bytes(ip() / tcp(flags="S", dataofs=2))),
+        ("truncated_tcp_option", bytes(ip() / tcp(flags="S", dataofs=6,
+                                                   options=[]) / Raw(b"\x02\x08\x05"))),
+        ("zero_length_tcp_option", bytes(ip() / tcp(flags="S", dataofs=6) / Raw(b"\x03\x00\x00\x00"))),
+        ("urgent_pointer_past_data", bytes(ip() / tcp(flags="SU", urgptr=0xFFFF))),
+        ("garbage_ip_options", bytes(ip(ihl=7, options=[]) / Raw(b"\xff" * 8)
+                                     / tcp(flags="S"))),
+        ("unassigned_ip_protocol", bytes(ip(proto=253) / Raw(b"\x00" * 20))),
+    ]
+    # Fragments: a 40-byte TCP SYN segment with a payload, cut and overlapped.
+    seg = bytes(tcp(flags="S") / Raw(b"A" * 20))
+    frag_id = rng.randrange(1, 65536)
+    out.append(("overlapping_fragment_1", bytes(IP(src=src, dst=dst, id=frag_id, proto=6,
+                                                   flags="MF", frag=0) / Raw(seg[:24]))))
+    out.append(("overlapping_fragment_2", bytes(IP(src=src, dst=dst, id=frag_id, proto=6, frag=2)
+                                                / Raw(b"B" * 8 + seg[24:]))))
+    tiny_id = rng.randrange(1, 65536)
+    out.append(("tiny_fragment_1", bytes(IP(src=src, dst=dst, id=tiny_id, proto=6, flags="MF",
+                                            frag=0) / Raw(seg[:8]))))
+    out.append(("tiny_fragment_2", bytes(IP(src=src, dst=dst, id=tiny_id, proto=6, frag=1)
+                                         / Raw(seg[8:]))))
+    out.append(("fragment_past_65535", bytes(IP(src=src, dst=dst, id=rng.randrange(1, 65536),
+                                                proto=6, frag=8189) / Raw(b"C" * 64))))
+    return out
+
+
+class RawSender:
+    """A raw IPv4 socket for prebuilt packets (``IP_HDRINCL``), guarded.
+
+    :raises HarnessError: not root.
+    """
+
+    def __init__(self, guard: Guard, host: str) -> None:
+        if not is_root():
+            raise HarnessError("raw sockets need root (or CAP_NET_RAW)")
+        self.host = host
+        self.address = _ipv4(guard, host)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
+
+    def __enter__(self) -> RawSender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send_one(self, packet: bytes) -> None:
+        """Send one packet."""
+        self.sock.sendto(packet, (self.address, 0))
+
+    def flood(self, packets: list[bytes], *, rate: float, duration_s: float,
+              max_packets: int | None = None, stop: Stoppable | None = None,
+              kind: str = "raw_flood", port: int = 0) -> LoadResult:
+        """Cycle through ``packets`` at most ``rate`` per second for ``duration_s``."""
+        if not packets:
+            raise ValueError("no packets to send")
+        stop = stop or NeverStop()
+        pacer = Pacer(rate)
+        start = time.monotonic()
+        deadline = start + duration_s
+        limit = max_packets if max_packets is not None else 1 << 62
+        result = LoadResult(kind, f"{self.host}:{port}", rate, started=start)
+        series = Series(start)
+        sendto = self.sock.sendto
+        dest = (self.address, 0)
+        n_packets = len(packets)
+        index = 0
+        reason = "duration"
+        while True:
+            now = time.monotonic()
+            if stop.is_set():
+                reason = "abort"
+                break
+            if now >= deadline:
+                break
+            if result.sent >= limit:
+                reason = "count"
+                break
+            n = pacer.take(min(256, limit - result.sent))
+            if n == 0:
+                time.sleep(min(pacer.wait_s(), max(0.0, deadline - now), 0.05))
+                continue
+            sent = 0
+            try:
+                for _ in range(n):
+                    sendto(packets[index], dest)
+                    index += 1
+                    if index == n_packets:
+                        index = 0
+                    sent += 1
+            except OSError:
+                result.errors += 1  # e.g. ENOBUFS: the local queue is full; try again later
+            result.sent += sent
+            series.add(now, sent, 0)
+        result.ended = time.monotonic()
+        result.stop_reason = reason
+        result.series = series.rows
+        result.details["variants"] = n_packets
+        return result
+
+
+def syn_flood(host: str, port: int, *, guard: Guard, rate: float, duration_s: float,
+              max_packets: int | None = None, stop: Stoppable | None = None) -> LoadResult:
+    """SYNs to ``host:port`` at most ``rate`` per second for ``duration_s`` (root)."""
+    with RawSender(guard, host) as sender:
+        packets = syn_packets(sender.address, port)
+        return sender.flood(packets, rate=rate, duration_s=duration_s, max_packets=max_packets,
+                            stop=stop, kind="syn_flood", port=port)
