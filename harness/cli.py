@@ -305,10 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("-k", metavar="EXPR", help="only checks matching EXPR (pytest -k)")
     s.add_argument("-v", "--verbose", action="store_true")
-    s.add_argument(
-        "pytest_args", nargs=argparse.REMAINDER, help="after --, further pytest arguments"
-    )
-    s.set_defaults(func=cmd_run)
+    s.set_defaults(func=cmd_run, pytest_args=[])
+    s.epilog = "Arguments after a lone -- go to pytest unchanged (e.g. -- -x --lf)."
 
     s = sub.add_parser(
         "plan", help="show which checks would run and why not the others (sends nothing)"
@@ -338,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_catalog)
 
     _add_lab_commands(sub)
+    _add_report_commands(sub)
     return p
 
 
@@ -351,6 +350,16 @@ def _add_lab_commands(sub: Any) -> None:
     labcli.add_commands(sub)
 
 
+def _add_report_commands(sub: Any) -> None:
+    try:
+        from harness import reportcli
+    except ModuleNotFoundError as exc:
+        if exc.name != "harness.reportcli":
+            raise
+        return
+    reportcli.add_commands(sub)
+
+
 def _version() -> str:
     from harness import __version__
 
@@ -360,9 +369,16 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``harness`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "pytest_args", None) and args.pytest_args[0] == "--":
-        args.pytest_args = args.pytest_args[1:]
+    words = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if "--" in words:
+        cut = words.index("--")
+        words, passthrough = words[:cut], words[cut + 1 :]
+    args = parser.parse_args(words)
+    if passthrough:
+        if args.command != "run":
+            parser.error("only `harness run` passes arguments after -- to pytest")
+        args.pytest_args = passthrough
     func: Callable[[argparse.Namespace], int] = args.func
     from harness.errors import HarnessError, ProfileError, UsageError
 

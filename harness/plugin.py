@@ -146,6 +146,7 @@ def pytest_configure(config: pytest.Config) -> None:
     out_opt = config.getoption("--harness-out", None)
     out = Path(out_opt).resolve() if out_opt else None
     config.stash[_run_key] = HarnessRun(loaded, load_catalog(), guard, out, allow)
+    importlib.import_module("harness.progress").register(config)  # live status line on a TTY
 
 
 # --------------------------------------------------------------------------- collection

@@ -10,7 +10,7 @@ import importlib
 import json
 from pathlib import Path
 
-SIMULATORS = ("modbus_tcp", "modbus_tls", "modbus_rtu", "console", "opcua", "ssh")
+SIMULATORS = ("modbus_tcp", "modbus_tls", "modbus_rtu", "console", "opcua", "ssh", "hostile")
 PATH = Path(__file__).with_name("manifest.json")
 
 

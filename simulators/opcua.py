@@ -27,21 +27,28 @@ everyone). Image values reach the nodes within 50 ms. Writes take any integer va
 Hardened posture:
 
 - endpoints Basic256Sha256, Aes128_Sha256_RsaOaep and Aes256_Sha256_RsaPss, each Sign and
-  SignAndEncrypt; server certificate RSA 2048, SHA-256, ApplicationUri in its SubjectAltName;
-- user tokens username (config accounts) and X.509 (a trusted certificate acts as an operator);
-  anonymous refused with BadIdentityTokenRejected;
+  SignAndEncrypt; server certificate RSA 2048, SHA-256, ApplicationUri in its SubjectAltName.
+  OpenSecureChannel for any other policy gets an Error message BadSecurityPolicyRejected
+  (SecurityPolicy None channels stay open for GetEndpoints only: CreateSession without a client
+  certificate gets BadSecurityChecksFailed, ActivateSession on such a channel
+  BadSecurityPolicyRejected);
+- user tokens username (config accounts) and X.509 (a trusted user certificate acts as an
+  operator, an untrusted one gets BadUserAccessDenied); anonymous gets BadIdentityTokenRejected;
 - wrong password, unknown user and locked account all give BadUserAccessDenied; the lockout
   follows ``lockout_threshold``/``lockout_duration_s``;
 - client application certificates checked at CreateSession: BadCertificateTimeInvalid (expired
   or not yet valid), BadCertificateUriInvalid (SubjectAltName lacks the announced
   ApplicationUri), BadCertificatePolicyCheckFailed (RSA under 2048 bits),
-  BadCertificateUntrusted (neither in the trust list nor issued by its CA);
-- readonly accounts writing a scratch node or the set point get BadUserAccessDenied;
-- more than ``session_limit`` sessions: CreateSession answers BadTooManySessions;
-- sessions idle for ``idle_timeout_s`` are closed (the server revises every requested session
-  timeout to that value); a request on the closed session gets BadSessionNotActivated
-  (asyncua's code for it). A client that polls (asyncua's Client watchdog reads the server
-  state every ``watchdog_intervall`` seconds) is never idle.
+  BadCertificateUntrusted (neither in the trust list nor issued by its CA); ActivateSession on a
+  channel secured with another certificate gets BadCertificateInvalid;
+- readonly accounts writing a scratch node or the set point get BadUserAccessDenied (and read
+  UserAccessLevel = CurrentRead only);
+- more than ``session_limit`` sessions: CreateSession answers BadTooManySessions (the sessions
+  already open keep working);
+- sessions idle for ``idle_timeout_s`` are closed: the server revises every requested session
+  timeout to at most that value (and at least min(it, 1 s)); a request on the closed session
+  gets BadSessionNotActivated (asyncua's code for it). A client that polls is never idle:
+  asyncua's Client reads the server state every ``watchdog_intervall`` (default 1 s).
 
 Weaknesses: ``opcua.policy_none`` (adds a None/None endpoint whose username token policy is
 None: the password travels in clear), ``opcua.deprecated_policies`` (adds Basic128Rsa15 and
@@ -73,6 +80,10 @@ from simulators.opcua_sim import certs as certs_mod
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true",
                         help="log asyncua's messages to stderr (quiet by default)")
+    parser.add_argument("--aspace-cache", metavar="DIR",
+                        help="folder for the cached standard address space (default "
+                             "$XDG_CACHE_HOME/harness, or ~/.cache/harness); 'none' to build "
+                             "it in memory at every start")
 
 
 class _StopSignal:
@@ -134,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                                weak_server_cert=args.has("opcua.weak_server_cert"))
     pool.shutdown(wait=False)
     # Imported here, not at the top, so that it overlaps with the certificate thread.
-    from simulators.opcua_sim import server as server_mod  # noqa: PLC0415
+    from simulators.opcua_sim import server as server_mod
 
     sim = server_mod.OpcuaPlc(args)
 

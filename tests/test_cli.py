@@ -134,3 +134,13 @@ def test_help_and_plan_import_no_protocol_library(args: list[str]) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_run_options_after_the_profile_and_pytest_passthrough(tmp_path: Path) -> None:
+    """`harness run PROFILE --out DIR -k EXPR -- -x` parses (options may follow the profile)."""
+    from harness.cli import build_parser, main
+
+    parser = build_parser()
+    args = parser.parse_args(["run", "p.yaml", "--out", "o", "-k", "x", "--allow-disruptive"])
+    assert (args.profile, args.out, args.k, args.allow_disruptive) == ("p.yaml", "o", "x", True)
+    assert main(["validate", str(TEMPLATE), "--", "-x"]) == 2  # only run passes arguments on

@@ -78,12 +78,8 @@ def test_self_signed_verifies_against_itself(leaf_key: rsa.RSAPrivateKey) -> Non
 
 def test_same_name_other_key_does_not_verify(ca: pki.Issued, leaf_key: rsa.RSAPrivateKey) -> None:
     # an impostor CA with the trusted CA's name but its own key: names match, signature does not
-    impostor = pki.issue(
-        ca.cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value,
-        key=leaf_key,
-        is_ca=True,
-        client=False,
-    )
+    impostor = pki.issue("impostor", subject=ca.cert.subject, key=leaf_key, is_ca=True,
+                         client=False)
     assert impostor.cert.subject == ca.cert.subject
     leaf = pki.issue("client", issuer=impostor, bits=1024)
     assert leaf.cert.issuer == ca.cert.subject

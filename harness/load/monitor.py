@@ -26,7 +26,9 @@ probe answered within its bound and, for a heartbeat, the counter is not stalled
 Abort: when any probe has ``abort_failed_samples`` failed samples in a row, or has not been ok
 for ``abort_stall_ms`` (checked every 10 ms, so a probe blocked in a read still trips it), the
 monitor sets the abort byte of the shared :class:`~harness.load.StopFlag`: every generator polls
-it and stops at once. An ``{"event": "abort"}`` line records why.
+it and stops at once. An ``{"event": "abort"}`` line records why. A probe arms the abort with
+its first ok sample (a session still opening is not a degraded device; a device never ok fails
+the baseline instead).
 
 The parent side is :class:`MonitorProcess`; the judgement over the samples is :func:`judge`.
 """
@@ -40,6 +42,7 @@ import json
 import math
 import os
 import queue
+import re
 import select
 import socket
 import subprocess
@@ -488,9 +491,11 @@ def make_probe(spec: ProbeSpec, config: MonitorConfig) -> Probe:
 class _ProbeState:
     """What the watchdog knows of one probe (written by its thread)."""
 
-    def __init__(self, started: float) -> None:
+    def __init__(self) -> None:
         self.consecutive_failed = 0
-        self.last_ok = started
+        #: Time of the last ok sample; None until the first one (the abort is armed from then:
+        #: a probe still opening its session, e.g. OPC UA, must not trip it).
+        self.last_ok: float | None = None
         self.samples = 0
 
 
@@ -502,7 +507,7 @@ def _run_probe(probe: Probe, period: float, state: _ProbeState, out: queue.Simpl
             s = probe.sample()
             if s.ok:
                 state.consecutive_failed = 0
-                state.last_ok = max(state.last_ok, s.t)
+                state.last_ok = s.t if state.last_ok is None else max(state.last_ok, s.t)
             else:
                 state.consecutive_failed += 1
             state.samples += 1
@@ -540,7 +545,7 @@ def run_monitor(config: MonitorConfig, flag: StopFlag, out: TextIO,
     started = time.monotonic()
     parent = os.getppid()
     probes = [make_probe(spec, config) for spec in config.probes]
-    states = [_ProbeState(started) for _ in probes]
+    states = [_ProbeState() for _ in probes]
     samples: queue.SimpleQueue[Sample] = queue.SimpleQueue()
     stop = threading.Event()
     threads = [threading.Thread(target=_run_probe, name=f"probe-{p.spec.name}",
@@ -570,6 +575,8 @@ def run_monitor(config: MonitorConfig, flag: StopFlag, out: TextIO,
             if not aborted:
                 for p, st in zip(probes, states, strict=True):
                     why = None
+                    if st.last_ok is None:
+                        continue  # not armed before its first ok sample
                     if st.consecutive_failed >= config.abort_failed_samples:
                         why = (f"{p.spec.name}: {st.consecutive_failed} failed samples in a row "
                                f"(abort threshold {config.abort_failed_samples})")
@@ -816,7 +823,7 @@ def figures(samples: Iterable[Sample], probe: str, t0: float, t1: float) -> Prob
             fig.failed += 1
             run += 1
             fig.max_consecutive_failed = max(fig.max_consecutive_failed, run)
-            key = s.error[:40] or "failed"
+            key = re.sub(r"\s*[\d.]+\s*ms", "", s.error).rstrip(": ")[:40] or "failed"
             fig.errors[key] = fig.errors.get(key, 0) + 1
     if fig.failed and run:
         fig.longest_outage_ms = max(fig.longest_outage_ms, (t1 - last_ok) * 1000.0)

@@ -51,7 +51,7 @@ def syn_packets(dst: str, dport: int, *, count: int = SYN_VARIANTS, src: str | N
     """``count`` TCP SYNs to ``dst:dport`` with varying source ports and sequence numbers."""
     from scapy.layers.inet import IP, TCP
 
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - packet variety, not secrecy
     src = src or source_address(dst)
     out = []
     for _ in range(count):
@@ -75,7 +75,7 @@ def malformed_packets(dst: str, dport: int, *, src: str | None = None) -> list[t
     from scapy.packet import Raw
 
     src = src or source_address(dst)
-    rng = random.Random(7)
+    rng = random.Random(7)  # noqa: S311 - reproducible packets, not secrecy
 
     def ip(**kw: object) -> IP:
         return IP(src=src, dst=dst, id=rng.randrange(1, 65536), ttl=64, **kw)
@@ -99,7 +99,8 @@ def malformed_packets(dst: str, dport: int, *, src: str | None = None) -> list[t
         ("data_offset_too_small", bytes(ip() / tcp(flags="S", dataofs=2))),
         ("truncated_tcp_option", bytes(ip() / tcp(flags="S", dataofs=6,
                                                    options=[]) / Raw(b"\x02\x08\x05"))),
-        ("zero_length_tcp_option", bytes(ip() / tcp(flags="S", dataofs=6) / Raw(b"\x03\x00\x00\x00"))),
+        ("zero_length_tcp_option", bytes(ip() / tcp(flags="S", dataofs=6)
+                                         / Raw(b"\x03\x00\x00\x00"))),
         ("urgent_pointer_past_data", bytes(ip() / tcp(flags="SU", urgptr=0xFFFF))),
         ("garbage_ip_options", bytes(ip(ihl=7, options=[]) / Raw(b"\xff" * 8)
                                      / tcp(flags="S"))),

@@ -233,7 +233,7 @@ def udp_probe(host: str, ports: Iterable[int], *, guard: Guard, rate: float,
                 except OSError:
                     states[port] = "open|filtered"
                 sock.close()
-        for sock, port in socks.items():
+        for port in socks.values():
             states[port] = "open|filtered"
     finally:
         for sock in socks:

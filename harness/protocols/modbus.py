@@ -356,11 +356,12 @@ class ModbusTcpClient(ModbusClient):
                 evidence.received(chan, None, f"connect failed: {exc}")
             raise ConnectFailed(f"{chan}: cannot connect to {address}:{port}: {exc}") from exc
         try:
-            local = sock.getsockname()[1]
+            name = sock.getsockname()
         except OSError:
-            local = "?"
+            name = "?"
+        local = f"local port {name[1]}" if isinstance(name, tuple) else f"local {name!r}"
         if evidence is not None:
-            evidence.received(chan, None, f"connected (local port {local})")
+            evidence.received(chan, None, f"connected ({local})")
         return cls(sock, channel=chan, unit=unit, evidence=evidence,
                    request_timeout=request_timeout, health_address=health_address)
 
@@ -734,7 +735,15 @@ class ModbusRtuClient(ModbusClient):
         buf = bytearray()
         last_rx = 0.0
         while True:
+            chunk = self._read_some(mbap.MAX_RTU_FRAME + 1 - len(buf))
             now = time.monotonic()
+            if chunk:
+                buf += chunk
+                last_rx = now
+                if len(buf) > mbap.MAX_RTU_FRAME:
+                    self._received(bytes(buf), "reply longer than an RTU frame can be")
+                    raise TargetError(f"{self.channel}: over {mbap.MAX_RTU_FRAME} bytes without "
+                                      f"an inter-frame silence: {bytes(buf[:32]).hex()}...")
             if buf:
                 expected = _rtu_reply_length(bytes(buf))
                 if expected is not None and len(buf) == expected and mbap.crc16(bytes(buf)) == 0:
@@ -743,14 +752,6 @@ class ModbusRtuClient(ModbusClient):
                     break
             elif now >= deadline:
                 break
-            chunk = self._read_some(mbap.MAX_RTU_FRAME + 1 - len(buf))
-            if chunk:
-                buf += chunk
-                last_rx = time.monotonic()
-                if len(buf) > mbap.MAX_RTU_FRAME:
-                    self._received(bytes(buf), "reply longer than an RTU frame can be")
-                    raise TargetError(f"{self.channel}: over {mbap.MAX_RTU_FRAME} bytes without "
-                                      f"an inter-frame silence: {bytes(buf[:32]).hex()}...")
         self._last_io = time.monotonic()
         return bytes(buf)
 

@@ -18,6 +18,9 @@ what*:
   :class:`~harness.errors.TargetError` from the strict helpers).
 - :func:`attempt` wraps both into one observation for the authentication checks: accepted (a
   Modbus reply came, normal or exception) or refused (and where).
+- :func:`probe_server_hello` sends one ClientHello (no certificate) and reports the version the
+  device's ServerHello selects, or its alert: the protocol-version check rests on what the
+  device chose, not on whether a whole handshake happened to complete.
 - :func:`can_offer` asks the local OpenSSL, without any network traffic, whether it can build a
   ClientHello for a protocol version (TLS 1.0/1.1 need ``@SECLEVEL=0`` and may be compiled out),
   so a check never passes on an inability to test.
@@ -47,6 +50,7 @@ from harness import pki
 from harness.errors import HarnessError, TargetError
 from harness.protocols import mbap
 from harness.protocols.modbus import Exchange, ModbusTcpClient, Outcome, describe_pdu
+from harness.safety import Deadline
 
 if TYPE_CHECKING:
     from harness.evidence import Evidence
@@ -316,6 +320,178 @@ def _refusal(exc: BaseException) -> tuple[bool, str | None, str]:
     return False, None, f"{type(exc).__name__}: {exc}"
 
 
+# --------------------------------------------------------------------------- ServerHello probe
+#: TLS record content types and the alert descriptions worth naming in evidence.
+_ALERT, _HANDSHAKE = 0x15, 0x16
+ALERT_NAMES = {0: "close_notify", 10: "unexpected_message", 20: "bad_record_mac",
+               40: "handshake_failure", 42: "bad_certificate", 43: "unsupported_certificate",
+               45: "certificate_expired", 46: "certificate_unknown", 47: "illegal_parameter",
+               48: "unknown_ca", 50: "decode_error", 51: "decrypt_error",
+               70: "protocol_version", 71: "insufficient_security", 80: "internal_error",
+               86: "inappropriate_fallback", 116: "certificate_required"}
+#: Wire version -> OpenSSL's name.
+WIRE_VERSIONS = {0x0300: "SSLv3", 0x0301: "TLSv1", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2",
+                 0x0304: "TLSv1.3"}
+#: Most bytes of server records the probe reads before it gives up on finding a ServerHello.
+MAX_HELLO_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class HelloProbe:
+    """What the device answered to one ClientHello."""
+
+    #: The version range offered.
+    offered: str
+    #: ``server_hello``, ``alert`` or ``closed``.
+    outcome: Literal["server_hello", "alert", "closed"]
+    #: The version the ServerHello selected (``TLSv1``...), when there was one.
+    selected: str | None = None
+    #: The alert description number and name, when the device sent an alert.
+    alert: str | None = None
+    #: The first server bytes (hex, bounded), for evidence.
+    server_bytes: str = ""
+
+    @property
+    def selected_wire(self) -> int | None:
+        """The selected version as its wire number (0x0301...)."""
+        return next((k for k, v in WIRE_VERSIONS.items() if v == self.selected), None)
+
+    def describe(self) -> str:
+        """One line for evidence and messages."""
+        if self.outcome == "server_hello":
+            return f"ServerHello selecting {self.selected}"
+        if self.outcome == "alert":
+            return f"TLS alert {self.alert}"
+        return "connection closed without a ServerHello"
+
+
+def _server_hello_version(body: bytes) -> int:
+    """The version a ServerHello body selects (supported_versions extension first).
+
+    :raises ValueError: the body is not a parseable ServerHello.
+    """
+    if len(body) < 38:
+        raise ValueError("ServerHello too short")
+    legacy = int.from_bytes(body[0:2], "big")
+    pos = 2 + 32
+    pos += 1 + body[pos]  # session id
+    pos += 2 + 1  # cipher suite, compression method
+    if pos + 2 > len(body):
+        return legacy  # no extensions
+    end = min(len(body), pos + 2 + int.from_bytes(body[pos:pos + 2], "big"))
+    pos += 2
+    while pos + 4 <= end:
+        ext_type = int.from_bytes(body[pos:pos + 2], "big")
+        ext_len = int.from_bytes(body[pos + 2:pos + 4], "big")
+        if ext_type == 0x002B and ext_len == 2:  # supported_versions: the real choice
+            return int.from_bytes(body[pos + 4:pos + 6], "big")
+        pos += 4 + ext_len
+    return legacy
+
+
+def probe_server_hello(guard: Guard, evidence: Evidence, endpoint: Endpoint,
+                       versions: Versions, *, timeouts: Timeouts | None = None) -> HelloProbe:
+    """Send one ClientHello offering ``versions`` and read what the device answers.
+
+    No certificate is shown and the handshake is never completed: the question is only which
+    protocol version the device *selects* (a ServerHello), or whether it refuses the offer (an
+    alert, or closing the connection). The ClientHello is OpenSSL's own (built on memory
+    buffers, as :func:`can_offer` does), so the offer is exactly what a TLS client would send.
+
+    :raises ClientCapabilityError: the local library cannot build that ClientHello.
+    :raises TargetError: unreachable, silent, or bytes that are not TLS.
+    """
+    timeouts = timeouts or Timeouts()
+    low, high = version_range(versions)
+    offered = _describe_range(low, high)
+    ctx = client_context(None, None, versions)
+    tls = ctx.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(),
+                       server_hostname=endpoint.host)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    except ssl.SSLError as exc:
+        raise ClientCapabilityError(f"OpenSSL cannot build a {offered} ClientHello: "
+                                    f"{exc.reason or exc}") from exc
+    hello = outgoing.read()
+    address = guard.check_destination(endpoint.host, endpoint.port)
+    evidence.sent(endpoint.url, hello, f"TLS ClientHello offering {offered} (probe: which "
+                                       "version does the device select?)")
+    try:
+        sock = socket.create_connection((address, endpoint.port), timeout=timeouts.connect_s)
+    except OSError as exc:
+        evidence.received(endpoint.url, summary=f"TCP connect failed: {exc}")
+        raise TargetError(f"{endpoint.url}: TCP connect failed: {exc}") from exc
+    data = bytearray()
+    try:
+        sock.settimeout(timeouts.request_s)
+        sock.sendall(hello)
+        probe = _read_hello(sock, data, offered, timeouts)
+    except TimeoutError as exc:
+        evidence.received(endpoint.url, bytes(data[:512]) or None,
+                          f"no ServerHello within {timeouts.request_s:g} s")
+        raise TargetError(f"{endpoint.url}: no answer to a {offered} ClientHello within "
+                          f"{timeouts.request_s:g} s") from exc
+    except ValueError as exc:
+        evidence.received(endpoint.url, bytes(data[:512]), f"not a TLS answer: {exc}")
+        raise TargetError(f"{endpoint.url}: answer to a ClientHello is not TLS: {exc} "
+                          f"({bytes(data[:16]).hex()})") from exc
+    finally:
+        sock.close()
+    evidence.received(endpoint.url, bytes(data[:512]) or None, probe.describe())
+    return probe
+
+
+def _read_hello(sock: socket.socket, data: bytearray, offered: str,
+                timeouts: Timeouts) -> HelloProbe:
+    """Read server records until a ServerHello, an alert, or the end (bounded)."""
+    deadline = Deadline(timeouts.request_s)
+    handshake = bytearray()
+    pos = 0
+    while True:
+        while len(data) - pos >= 5:
+            ctype, length = data[pos], int.from_bytes(data[pos + 3:pos + 5], "big")
+            if ctype not in (_ALERT, _HANDSHAKE, 0x14) or data[pos + 1] != 0x03 \
+                    or length > 18432:
+                raise ValueError(f"record type 0x{ctype:02x}, version "
+                                 f"{bytes(data[pos + 1:pos + 3]).hex()}, length {length}")
+            if len(data) - pos - 5 < length:
+                break
+            fragment = bytes(data[pos + 5:pos + 5 + length])
+            pos += 5 + length
+            if ctype == _ALERT and len(fragment) >= 2:
+                name = ALERT_NAMES.get(fragment[1], "unknown")
+                return HelloProbe(offered, "alert", alert=f"{fragment[1]} ({name})",
+                                  server_bytes=bytes(data[:64]).hex())
+            if ctype == _HANDSHAKE:
+                handshake += fragment
+                if len(handshake) >= 4:
+                    if handshake[0] != 0x02:
+                        raise ValueError(f"first handshake message is type {handshake[0]}, "
+                                         "not ServerHello")
+                    size = int.from_bytes(handshake[1:4], "big")
+                    if len(handshake) >= 4 + size:
+                        wire = _server_hello_version(bytes(handshake[4:4 + size]))
+                        return HelloProbe(offered, "server_hello",
+                                          selected=WIRE_VERSIONS.get(wire, f"0x{wire:04x}"),
+                                          server_bytes=bytes(data[:64]).hex())
+        if len(data) > MAX_HELLO_BYTES:
+            raise ValueError(f"over {MAX_HELLO_BYTES} bytes without a ServerHello")
+        if deadline.expired:
+            raise TimeoutError
+        sock.settimeout(max(0.001, deadline.remaining()))
+        try:
+            chunk = sock.recv(4096)
+        except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+            chunk = b""
+        if not chunk:
+            if len(data) > pos:
+                raise ValueError(f"connection closed inside a record ({len(data) - pos} bytes)")
+            return HelloProbe(offered, "closed", server_bytes=bytes(data[:64]).hex())
+        data += chunk
+
+
 # --------------------------------------------------------------------------- the client
 class MbtlsClient(ModbusTcpClient):
     """One Modbus/TCP Security connection (use :func:`connect`).
@@ -336,6 +512,9 @@ class MbtlsClient(ModbusTcpClient):
         self.label = label
         #: True once the device has sent one Modbus reply on this connection.
         self.answered = False
+
+    def __enter__(self) -> MbtlsClient:
+        return self
 
     def exchange(self, pdu: bytes, *, unit: int | None = None, summary: str = "",
                  timeout: float | None = None) -> Exchange:

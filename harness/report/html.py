@@ -489,6 +489,11 @@ details.check > summary { cursor: pointer; padding: 8px 12px; list-style: none;
 details.check > summary::-webkit-details-marker { display: none; }
 details.check[open] > summary { border-bottom: 1px solid var(--line); background: #fafbfc; }
 details.check .body { padding: 8px 14px 12px; }
+details.c-pass { border-left: 4px solid #7cc38b; }
+details.c-fail { border-left: 4px solid #e57373; }
+details.c-error { border-left: 4px solid #f0b44c; }
+details.c-na, details.c-notrun { border-left: 4px solid #c3c8d2; }
+h4 { font-size: 13px; margin: 12px 0 4px; }
 .req { font-weight: 600; white-space: nowrap; }
 pre { background: #f6f7f9; border: 1px solid var(--line); padding: 8px; overflow-x: auto;
       white-space: pre-wrap; overflow-wrap: anywhere; margin: 6px 0; font-size: 12.5px; }
@@ -764,7 +769,7 @@ def _check(check: dict[str, Any], anchor: str, run_dir: Path | None) -> str:
             f"</figcaption>{_stats_table(tl)}</figure>"
         )
     return (
-        f'<details class="check v-{_VERDICT_CLASS.get(verdict, "error")}" id="{anchor}" '
+        f'<details class="check c-{_VERDICT_CLASS.get(verdict, "error")}" id="{anchor}" '
         f'data-verdict="{_e(verdict)}"{" open" if is_open else ""}>'
         f"<summary>{_verdict_badge(verdict)} <span class='req'>{_e(check.get('requirement'))}"
         f"</span> <span>{_e(check.get('title'))}</span>"

@@ -30,9 +30,17 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime as dt
+import fcntl
+import importlib.metadata
 import logging
+import os
+import shutil
+import stat
+import sys
+import tempfile
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 from asyncua import Server, ua
 from asyncua.common.utils import ServiceError
@@ -81,6 +89,29 @@ _INTEGER_VARIANTS = frozenset({
 })
 
 _logger = logging.getLogger(__name__)
+
+
+#: Name of the address-space cache folder: it holds pickles of asyncua objects, so it is tied
+#: to the asyncua and Python versions.
+ASPACE_CACHE_NAME = (f"opcua-aspace-asyncua{importlib.metadata.version('asyncua')}"
+                     f"-py{sys.version_info[0]}{sys.version_info[1]}")
+
+
+def default_aspace_cache() -> str:
+    """The per-user cache folder of the address-space shelf (``$XDG_CACHE_HOME/harness``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "harness")
+
+
+def _private(folder: Path) -> bool:
+    """True if ``folder`` and its files are ours and writable by nobody else (they are
+    unpickled, so a file someone else could write would let them run code in the simulator)."""
+    uid = os.getuid()
+    for path in (folder, *folder.iterdir()):
+        st = path.lstat()
+        if st.st_uid != uid or st.st_mode & 0o022 or stat.S_ISLNK(st.st_mode):
+            return False
+    return True
 
 
 class StartupError(Exception):
@@ -165,9 +196,10 @@ class _UserManager:
             cert = x509.load_der_x509_certificate(bytes(certificate))
             if sim.validate_certs and sim.trust.check(cert, None) is not None:
                 return None
-            cn = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+            cn = [a.value for a in cert.subject.get_attributes_for_oid(
+                x509.oid.NameOID.COMMON_NAME) if isinstance(a.value, str)]
             self.granted_role = X509_ROLE
-            return User(role=UserRole.User, name=f"x509:{cn[0].value if cn else '?'}")
+            return User(role=UserRole.User, name=f"x509:{cn[0] if cn else '?'}")
         return None
 
 
@@ -382,10 +414,51 @@ class OpcuaPlc:
         self.url = ""
         self._pushed: dict[ua.NodeId, int] = {}
         self.user_manager = _UserManager(self)
-        self.iserver = _InternalServer(self)
         #: SecurityPolicy URIs an OpenSecureChannel may ask for (None always, for discovery).
         self.channel_policy_uris: frozenset[str] = frozenset()
+        self.iserver = _InternalServer(self)
         self.server = _Server(self)
+
+    # -- the standard address space, from the cache when there is one ------------------
+    async def _init_address_space(self) -> None:
+        """``Server.init()``: build asyncua's standard address space (~1.4 s of CPU), or load it
+        lazily from the shelf cache (~0.1 s), making the cache when there is none yet."""
+        root = self.args.extra.get("aspace_cache") or default_aspace_cache()
+        if root == "none":
+            await self.server.init()
+            return
+        final = Path(root) / ASPACE_CACHE_NAME
+        shelf = final / "aspace"
+        if final.is_dir() and shelf.is_file() and _private(final):
+            try:
+                await self.server.init(shelf)
+                return
+            except Exception:  # a damaged cache: fall back to building in memory
+                _logger.exception("cannot load the address space cache %s", final)
+                self.iserver = _InternalServer(self)
+                self.server = _Server(self)
+            await self.server.init()
+            return
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        lock_fd = os.open(os.path.join(root, ASPACE_CACHE_NAME + ".lock"),
+                          os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another simulator is making the cache right now
+                await self.server.init()
+                return
+            build = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+            try:
+                # asyncua fills the address space, writes the shelf, and goes on in memory.
+                await self.server.init(build / "aspace")
+                (build / "aspace").touch()  # asyncua looks for this name (dbm.dumb adds suffixes)
+                with contextlib.suppress(OSError):  # lost a race: the cache exists already
+                    os.rename(build, final)
+            finally:
+                shutil.rmtree(build, ignore_errors=True)
+        finally:
+            os.close(lock_fd)  # releases the lock
 
     # -- set-up -----------------------------------------------------------------------
     async def _configure(self, certs: CertBundle) -> None:
@@ -407,7 +480,8 @@ class OpcuaPlc:
             policies.insert(0, _P.NoSecurity)
         server.set_security_policy(policies)
         self.channel_policy_uris = frozenset(
-            [security_policies.SECURITY_POLICY_TYPE_MAP[p][0].URI for p in policies]
+            [cast(type[security_policies.SecurityPolicy],
+                  security_policies.SECURITY_POLICY_TYPE_MAP[p][0]).URI for p in policies]
             + [security_policies.SecurityPolicyNone.URI])
         tokens: list[type] = [ua.UserNameIdentityToken, ua.X509IdentityToken]
         if self.anonymous:
@@ -544,7 +618,7 @@ class OpcuaPlc:
 
         :raises StartupError: when the server cannot start.
         """
-        await self.server.init()  # the standard address space: the slow part (~1.5 s)
+        await self._init_address_space()
         certs = await asyncio.wrap_future(certs_future)
         await self._configure(certs)
         if stop.is_set():

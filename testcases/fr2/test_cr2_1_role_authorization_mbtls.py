@@ -144,6 +144,7 @@ def test_readonly_role_cannot_write(mbtls: Mbtls, mbtls_scratch: MbtlsScratch,
 
     readonly: MbtlsClient | None = None
     violations: list[str] = []
+    frames: list[dict[str, object]] = []
     for probe in _probes(register, reg_marker, mbtls_scratch.coil, coil_marker):
         if readonly is None or readonly.closed:
             try:
@@ -152,11 +153,13 @@ def test_readonly_role_cannot_write(mbtls: Mbtls, mbtls_scratch: MbtlsScratch,
             except TlsRefused as exc:
                 raise TargetError(f"the ReadOnly certificate could not even read ({exc}); its "
                                   "write privileges cannot be judged") from exc
+        request = reply = ""
         try:
             ex = readonly.exchange(probe.pdu, summary=f"{probe.name} write as ReadOnly")
             outcome = ex.describe()
             acknowledged = ex.accepted
             code = ex.exception_code
+            request, reply = ex.request.hex(), ex.reply.hex()
             if ex.outcome is Outcome.CLOSED:
                 readonly.close()
         except TlsRefused as exc:
@@ -164,16 +167,18 @@ def test_readonly_role_cannot_write(mbtls: Mbtls, mbtls_scratch: MbtlsScratch,
         after = reader.value(probe.table, probe.address)
         marker = markers[(probe.table, probe.address)]
         changed = after != marker
-        evidence.note("ReadOnly write attempt", function=probe.name, request=probe.pdu.hex(),
-                      outcome=outcome, exception_code=code, value_before=marker,
+        evidence.note("ReadOnly write attempt", function=probe.name, request=request,
+                      reply=reply, outcome=outcome, exception_code=code, value_before=marker,
                       value_after=after, changed=changed,
                       spec_code=None if code in (None, ILLEGAL_FUNCTION) else
                       f"exception {code}, the specification prescribes {ILLEGAL_FUNCTION:02d}")
         if acknowledged or changed:
             violations.append(f"{probe.name} to {probe.table} {probe.address}: {outcome}, value "
                               f"{marker} -> {after}")
+            frames.append({"function": probe.name, "request": request, "reply": reply,
+                           "value_before": marker, "value_after": after})
         if changed:  # put the marker back so the next probe starts from it
             reader.write(probe.table, probe.address, marker)
-    evidence.note("judgement", violations=violations)
+    evidence.note("judgement", violations=violations, frames=frames)
     assert not violations, (
         "a ReadOnly-role client wrote to the device: " + "; ".join(violations))

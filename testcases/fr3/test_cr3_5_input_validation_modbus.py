@@ -174,7 +174,7 @@ def test_modbus_tcp_survives_malformed_mbap(
 @pytest.mark.protocol("modbus_tcp")
 @pytest.mark.weakness("modbus.any_unit_id")
 def test_modbus_tcp_ignores_unknown_unit_ids(
-        modbus: ModbusTcpClient, device_profile: Profile, evidence: Evidence) -> None:
+        modbus: ModbusTcpClient, modbus_channels: ModbusChannels, evidence: Evidence) -> None:
     """Requests for unit ids the device does not serve get no normal answer over Modbus/TCP.
 
     Requirement: CR 3.5 (input validation). The issue leaves this mapping open. The unit id is
@@ -207,8 +207,7 @@ def test_modbus_tcp_ignores_unknown_unit_ids(
         if ex.accepted:
             violations.append(f"unit id {unit} answered ({ex.describe()}); request "
                               f"{ex.request.hex()}, reply {ex.reply.hex()}")
-        if client.closed:
-            break  # the device closed the connection: a refusal; nothing more to ask on it
+        client = modbus_channels.reopen(client)  # a closed connection is a refusal too
     if violations:
         fail(f"the device (unit id {own}) serves requests for other unit ids: "
              + "; ".join(violations))

@@ -9,10 +9,11 @@ version that authenticates records, so a legacy version is not, strictly, an int
 
 from __future__ import annotations
 
-import ssl
 from typing import TYPE_CHECKING
 
 import pytest
+
+from harness.errors import TargetError
 
 if TYPE_CHECKING:
     from harness.evidence import Evidence
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.requirement("CR 4.3")
 
-LEGACY_VERSIONS = (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1)
+#: Wire number of TLS 1.2: a device selecting anything below it negotiated legacy TLS.
+TLS12 = 0x0303
 
 
 @pytest.mark.protocol("modbus_tls")
@@ -28,26 +30,37 @@ LEGACY_VERSIONS = (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1)
 def test_legacy_tls_versions_refused(mbtls: Mbtls, evidence: Evidence) -> None:
     """TLS 1.0 and 1.1 are refused; only TLS 1.2 or newer can be negotiated.
 
-    Procedure: a control connection offering TLS 1.2+ with the trusted ReadOnly certificate must
-    be accepted (else the check cannot tell a refusal of the version from a refusal of
-    everything: ERROR). Then, for TLS 1.0 and TLS 1.1 each, the harness first asks its own
-    OpenSSL, without sending anything, whether it can build a ClientHello pinned to that version
-    (``@SECLEVEL=0``; OpenSSL 3 refuses these versions at its default level, and some builds
-    compile them out), and if it can, offers only that version with the same certificate.
+    Procedure: the harness sends ClientHellos (OpenSSL's own, no client certificate) and reads
+    the device's answer, without completing the handshake: the question is which version the
+    device *selects*. This needs no test certificates, and a device that selects TLS 1.0 and
+    only then fails the handshake for another reason is still caught.
 
-    Pass: every legacy version the harness could offer was refused (the handshake failed, or the
-    connection closed before a Modbus reply). Fail: any legacy version was negotiated. If the
-    harness could offer neither legacy version, or only one of them and that one was refused,
-    the check is ERROR naming what it could not test: it must not pass on an inability to
-    test. (On this project's reference machine, OpenSSL 3.0 offers both at ``@SECLEVEL=0``.)
+    1. Control: an offer of TLS 1.2 and newer must get a ServerHello selecting TLS 1.2+; else
+       the device does not speak modern TLS to us and a refusal below proves nothing (ERROR).
+    2. For TLS 1.0 and TLS 1.1 each, the harness first asks its own OpenSSL, without sending
+       anything, whether it can build a ClientHello pinned to that version (``@SECLEVEL=0``;
+       OpenSSL 3 refuses these versions at its default level, and some builds compile them
+       out), and if it can, offers only that version.
+
+    Pass: every legacy offer the harness could make got an alert, a closed connection, or a
+    ServerHello for TLS 1.2+ (which a legacy-only client cannot accept). Fail: a ServerHello
+    selecting TLS 1.1 or older. If the harness could not offer a legacy version and none of the
+    others was selected, the check is ERROR naming what it could not test: it must not pass on
+    an inability to test. (On this project's reference machine, OpenSSL 3.0.19 builds both
+    TLS 1.0 and TLS 1.1 ClientHellos at ``@SECLEVEL=0``.)
     """
+    import ssl
+
     from harness.protocols.modbus_tls import ClientCapabilityError, can_offer
 
-    control = mbtls.control("readonly")
+    control = mbtls.hello(None)
+    if control.outcome != "server_hello" or (control.selected_wire or 0) < TLS12:
+        raise TargetError(f"control: an offer of TLS 1.2+ got {control.describe()}, so a refusal "
+                          "of legacy TLS would prove nothing")
     negotiated: list[str] = []
     refused: list[str] = []
     untestable: list[str] = []
-    for version in LEGACY_VERSIONS:
+    for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
         capability = can_offer(version)
         evidence.note("local TLS capability", version=capability.version,
                       can_offer=capability.can_offer, detail=capability.detail,
@@ -56,20 +69,18 @@ def test_legacy_tls_versions_refused(mbtls: Mbtls, evidence: Evidence) -> None:
             untestable.append(f"{capability.version} ({capability.detail})")
             continue
         try:
-            result = mbtls.attempt("readonly", tls_version=version)
+            probe = mbtls.hello(version)
         except ClientCapabilityError as exc:
             untestable.append(f"{capability.version} ({exc})")
             continue
-        if result.accepted:
-            hs = result.handshake
-            negotiated.append(f"{capability.version} offered -> {hs.version if hs else '?'} "
-                              f"{hs.cipher if hs else ''}".strip())
+        if probe.outcome == "server_hello" and (probe.selected_wire or 0) < TLS12:
+            negotiated.append(f"{capability.version} offered -> {probe.describe()} "
+                              f"(server bytes {probe.server_bytes[:40]}...)")
         else:
-            refused.append(f"{capability.version} ({result.stage})")
-    evidence.note("judgement", negotiated=negotiated, refused=refused, untestable=untestable,
-                  control=control.handshake.version if control.handshake else None)
-    assert not negotiated, (
-        f"device negotiated legacy TLS and served Modbus over it: {'; '.join(negotiated)}")
+            refused.append(f"{capability.version}: {probe.describe()}")
+    evidence.note("judgement", control=control.describe(), negotiated=negotiated,
+                  refused=refused, untestable=untestable)
+    assert not negotiated, f"device selected legacy TLS: {'; '.join(negotiated)}"
     if untestable:
         raise ClientCapabilityError(
             f"refused {', '.join(refused) or 'nothing'}, but could not test "

@@ -184,11 +184,10 @@ class Fleet:
                 stdout = self.procs[name].stdout
                 assert stdout is not None
                 sel.register(stdout.fileno(), selectors.EVENT_READ, name)
-            while len(self.events) < len(variants):
+            while missing := sorted(set(variants) - set(self.events)):
                 remaining = deadline - time.monotonic()
                 ready = sel.select(remaining) if remaining > 0 else []
                 if not ready:
-                    missing = sorted(set(variants) - set(self.events))
                     pytest.fail(f"simulators not ready in {FLEET_READY_S} s: {missing}")
                 for key, _ in ready:
                     name = key.data
@@ -228,15 +227,21 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    """hardened, one server per weakness, and weak posture, all with :data:`CONFIG`."""
+    """hardened, one server per weakness, and weak posture, all with :data:`CONFIG`.
+
+    The hardened server starts first and makes the address-space cache (in a folder of this
+    module, not the user's) that the others then load: it cuts their start from ~2 s of CPU to
+    ~0.7 s, and the probes check servers both with and without the cache.
+    """
     work = tmp_path_factory.mktemp("opcua")
     config = work / "config.json"
     config.write_text(json.dumps(CONFIG))
-    base = ["--config", str(config)]
-    variants = {"hardened": base, "weak": [*base, "--posture", "weak"]}
+    base = ["--config", str(config), "--aspace-cache", str(work / "cache")]
+    variants = {"weak": [*base, "--posture", "weak"]}
     variants.update({w: [*base, "--weakness", w] for w in WEAKNESSES})
     fleet = Fleet(work)
     try:
+        fleet.start({"hardened": base})
         fleet.start(variants)
         yield fleet
     finally:
@@ -284,6 +289,26 @@ def certs(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, t
 
 
 # -- the asyncua client side ---------------------------------------------------------------
+_LOADED: dict[tuple[str, str], tuple[x509.Certificate, rsa.RSAPrivateKey]] = {}
+_SERVER_CERTS: dict[str, x509.Certificate] = {}
+
+
+def _load_pair(cert: str, key: str) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    """A certificate and key, parsed once (loading an RSA key costs ~50 ms; the probes connect
+    a few hundred times)."""
+    if (cert, key) not in _LOADED:
+        private = serialization.load_pem_private_key(Path(key).read_bytes(), password=None)
+        assert isinstance(private, rsa.RSAPrivateKey)
+        _LOADED[cert, key] = (x509.load_pem_x509_certificate(Path(cert).read_bytes()), private)
+    return _LOADED[cert, key]
+
+
+def _server_cert(path: str) -> x509.Certificate:
+    if path not in _SERVER_CERTS:
+        _SERVER_CERTS[path] = x509.load_pem_x509_certificate(Path(path).read_bytes())
+    return _SERVER_CERTS[path]
+
+
 @contextlib.asynccontextmanager
 async def session(ep: dict[str, Any], user: tuple[str, str] | None = None, *,
                   cert: tuple[str, str] | None = None, app_uri: str | None = None,
@@ -294,15 +319,15 @@ async def session(ep: dict[str, Any], user: tuple[str, str] | None = None, *,
     client = Client(ep["url"], timeout=REQUEST_TIMEOUT_S, watchdog_intervall=3600)
     client.application_uri = app_uri or ep["client_application_uri"]
     if policy is not None:
-        cert_path, key_path = cert or (ep["client_cert"], ep["client_key"])
-        await client.set_security(policy, cert_path, key_path,
-                                  server_certificate=ep["server_cert"], mode=mode)
+        # What Client.set_security does, with the certificate and key parsed only once.
+        own_cert, own_key = _load_pair(*(cert or (ep["client_cert"], ep["client_key"])))
+        client.security_policy = policy(_server_cert(ep["server_cert"]), own_cert, own_key, mode)
+        client.uaclient.set_security(client.security_policy)
     if user is not None:
         client.set_user(user[0])
         client.set_password(user[1])
     if user_cert is not None:
-        await client.load_client_certificate(user_cert[0])
-        await client.load_private_key(Path(user_cert[1]))
+        client.user_certificate, client.user_private_key = _load_pair(*user_cert)
     await client.connect()
     try:
         yield client
