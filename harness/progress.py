@@ -37,13 +37,16 @@ _current: Progress | None = None
 _lock = threading.Lock()
 
 
-def enabled_for(config: pytest.Config) -> bool:
-    """Whether progress is shown for this session."""
+def quiet_by_environment() -> bool:
+    """True under CI (``CI`` set to a true value) or with ``HARNESS_PROGRESS=0``."""
     if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    if os.environ.get("HARNESS_PROGRESS", "").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    if config.getoption("verbose", 0) > 0:
+        return True
+    return os.environ.get("HARNESS_PROGRESS", "").strip().lower() in ("0", "false", "no", "off")
+
+
+def enabled_for(config: pytest.Config) -> bool:
+    """Whether progress is shown for this session (call once the terminal reporter exists)."""
+    if quiet_by_environment() or config.getoption("verbose", 0) > 0:
         return False
     tr = config.pluginmanager.get_plugin("terminalreporter")
     return bool(tr is not None and getattr(tr, "isatty", False))
@@ -89,11 +92,23 @@ class Progress:
         self._shown = 0  # characters of status currently on the terminal
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._fd = -1
+        self._thread: threading.Thread | None = None
+
+    # -- pytest hooks ------------------------------------------------------------------
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        # The terminal reporter exists from here on, and output capture is suspended: fd 1 is
+        # the real terminal (pytest has just written its header there).
+        global _current
+        if not enabled_for(self.config):
+            return
         self._fd = os.dup(1)
         self._thread = threading.Thread(target=self._ticker, name="harness-progress", daemon=True)
         self._thread.start()
+        with _lock:
+            _current = self
 
-    # -- pytest hooks ------------------------------------------------------------------
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.total = len(session.items)
 
@@ -160,6 +175,8 @@ class Progress:
                     self._draw_locked()
 
     def _write(self, text: str) -> None:
+        if self._fd < 0:
+            return
         with contextlib.suppress(OSError):
             os.write(self._fd, text.encode("utf-8", "replace"))
 
@@ -201,8 +218,9 @@ class Progress:
         """Stop the ticker, erase the line, release the descriptor."""
         global _current
         self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=1.0)
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout=1.0)
         with self._lock:
             self._active = False
             self._erase_locked()
@@ -215,11 +233,8 @@ class Progress:
 
 
 def register(config: pytest.Config) -> None:
-    """Register the progress plugin for this session when it should show (see the docstring)."""
-    global _current
-    if not enabled_for(config) or config.pluginmanager.has_plugin("harness-progress"):
+    """Register the progress plugin (call from ``pytest_configure``); it switches itself on at
+    session start when the output is a terminal (see the module docstring)."""
+    if quiet_by_environment() or config.pluginmanager.has_plugin("harness-progress"):
         return
-    p = Progress(config)
-    config.pluginmanager.register(p, "harness-progress")
-    with _lock:
-        _current = p
+    config.pluginmanager.register(Progress(config), "harness-progress")

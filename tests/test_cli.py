@@ -143,4 +143,6 @@ def test_run_options_after_the_profile_and_pytest_passthrough(tmp_path: Path) ->
     parser = build_parser()
     args = parser.parse_args(["run", "p.yaml", "--out", "o", "-k", "x", "--allow-disruptive"])
     assert (args.profile, args.out, args.k, args.allow_disruptive) == ("p.yaml", "o", "x", True)
-    assert main(["validate", str(TEMPLATE), "--", "-x"]) == 2  # only run passes arguments on
+    with pytest.raises(SystemExit) as info:  # only run passes arguments on
+        main(["validate", str(TEMPLATE), "--", "-x"])
+    assert info.value.code == 2

@@ -95,6 +95,13 @@ def _finish(sock: socket.socket) -> None:
         sock.close()
 
 
+def _self_connected(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.getsockname() == sock.getpeername())
+    except OSError:
+        return False
+
+
 def tcp_connect_scan(host: str, ports: Iterable[int], *, guard: Guard, rate: float,
                      window: int = 64, timeout_s: float = 1.0, max_duration_s: float = 120.0,
                      stop: Stoppable | None = None) -> TcpScan:
@@ -114,7 +121,18 @@ def tcp_connect_scan(host: str, ports: Iterable[int], *, guard: Guard, rate: flo
     deadline = start + max_duration_s
     i = 0
 
+    retried: set[int] = set()
+
     def settle(sock: socket.socket, port: int, err: int) -> None:
+        if err == 0 and _self_connected(sock):
+            # TCP simultaneous open: the kernel picked our source port equal to the port we
+            # scan (a loopback artifact); that is not a listener. Try the port once more.
+            _finish(sock)
+            if port not in retried:
+                retried.add(port)
+                todo.append(port)
+                return
+            err = errno.ECONNREFUSED
         if err == 0:
             scan.open.append(port)
         elif err == errno.ECONNREFUSED:
@@ -164,7 +182,7 @@ def tcp_connect_scan(host: str, ports: Iterable[int], *, guard: Guard, rate: flo
         for sock in pending:
             _finish(sock)
         sel.close()
-    scan.not_scanned = len(todo) - scan.ports_scanned
+    scan.not_scanned = len(set(todo)) - scan.ports_scanned
     scan.open.sort()
     scan.filtered.sort()
     scan.duration_s = time.monotonic() - start

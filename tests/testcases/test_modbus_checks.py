@@ -2,8 +2,8 @@
 and PASSES on the hardened lab, and a failure's results.json carries the frames (hex).
 
 One hardened lab (Modbus/TCP and RTU simulators) runs every check at once; then one lab per
-weakness, with only the simulator it needs, runs only the checks that must FAIL there (that no
-*other* check fails on a weakness is the detection matrix's job, ``tests/test_detection_matrix.py``).
+weakness, with only the simulator it needs, runs only the checks that must FAIL there (that
+no *other* check fails on a weakness is the job of ``tests/test_detection_matrix.py``).
 The profiles' request timeout is cut to 1 s: the checks that wait for silence then take a second
 per case instead of three.
 """
@@ -92,7 +92,7 @@ def test_hardened_lab_passes_every_modbus_check(
     assert run.code == 0
 
 
-@pytest.mark.parametrize(("weakness", "simulators", "failing"), [
+@pytest.mark.parametrize("case", [
     ("modbus.unauthenticated_writes", ["modbus_tcp"], (UNAUTH,)),
     ("modbus.unprotected_writes", ["modbus_rtu"], (PROT_RTU,)),
     ("modbus.no_input_validation", ["modbus_tcp"], (INVALID,)),
@@ -104,11 +104,12 @@ def test_hardened_lab_passes_every_modbus_check(
     ("rtu.any_unit_id", ["modbus_rtu"], (RTU_UNIT,)),
     ("rtu.accepts_broadcast", ["modbus_rtu"], (BROADCAST,)),
     ("rtu.crash_on_malformed", ["modbus_rtu"], (RTU_MALFORMED,)),
-])
+], ids=lambda case: case[0])
 def test_single_weakness_fails_its_check(
         lab: Callable[..., Any], run_harness: Callable[..., Any],
         write_profile: Callable[[dict[str, Any], str], Path],
-        weakness: str, simulators: list[str], failing: tuple[str, ...]) -> None:
+        case: tuple[str, list[str], tuple[str, ...]]) -> None:
+    weakness, simulators, failing = case
     running = lab(simulators, weaknesses=[weakness])
     run = run_harness(fast_profile(running, write_profile), k=" or ".join(failing))
     checks = by_name(run)
