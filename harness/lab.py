@@ -333,6 +333,7 @@ def generated_profile(
         interfaces["modbus_tls"] = {
             "host": ep["host"],
             "port": ep["port"],
+            "unit_id": ep.get("unit", 1),
             "ca_cert": ep["ca_cert"],
             "ca_key": ep["ca_key"],
         }

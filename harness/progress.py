@@ -33,8 +33,13 @@ import pytest
 
 #: Seconds between redraws.
 REDRAW_S = 0.25
-_current: Progress | None = None
 _lock = threading.Lock()
+
+
+class _Slot:
+    """The progress display of the running session (at most one per process)."""
+
+    current: Progress | None = None
 
 
 def quiet_by_environment() -> bool:
@@ -54,7 +59,7 @@ def enabled_for(config: pytest.Config) -> bool:
 
 def update(**figures: Any) -> None:
     """Report figures of the running check (``rate``, ``latency_ms``, ``ok``, ``sent``...)."""
-    p = _current
+    p = _Slot.current
     if p is not None:
         p.figures(figures)
 
@@ -100,14 +105,13 @@ class Progress:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         # The terminal reporter exists from here on, and output capture is suspended: fd 1 is
         # the real terminal (pytest has just written its header there).
-        global _current
         if not enabled_for(self.config):
             return
         self._fd = os.dup(1)
         self._thread = threading.Thread(target=self._ticker, name="harness-progress", daemon=True)
         self._thread.start()
         with _lock:
-            _current = self
+            _Slot.current = self
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.total = len(session.items)
@@ -151,6 +155,9 @@ class Progress:
     # -- drawing -----------------------------------------------------------------------
     @contextlib.contextmanager
     def _phase(self) -> Generator[None, None, None]:
+        if self._fd < 0:  # not on a terminal: nothing to draw
+            yield
+            return
         with self._lock:
             self._active = True
             self._draw_locked()
@@ -216,7 +223,6 @@ class Progress:
 
     def close(self) -> None:
         """Stop the ticker, erase the line, release the descriptor."""
-        global _current
         self._stop.set()
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
@@ -228,8 +234,8 @@ class Progress:
                 os.close(self._fd)
                 self._fd = -1
         with _lock:
-            if _current is self:
-                _current = None
+            if _Slot.current is self:
+                _Slot.current = None
 
 
 def register(config: pytest.Config) -> None:

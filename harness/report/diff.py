@@ -125,7 +125,9 @@ def load_results(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise UsageError(f"{path}: not a report (cannot read {file.name}: {exc.strerror})") from None
+        raise UsageError(
+            f"{path}: not a report (cannot read {file.name}: {exc.strerror})"
+        ) from None
     except ValueError as exc:
         raise UsageError(f"{file}: not valid JSON: {exc}") from None
     if not isinstance(data, dict) or "checks" not in data or "schema_version" not in data:

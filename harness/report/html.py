@@ -840,7 +840,7 @@ def render_html_safe(results: dict[str, Any], run_dir: Path | None = None) -> st
     """
     try:
         return render_html(results, run_dir)
-    except Exception as exc:  # noqa: BLE001 - a report bug must not lose the run folder
+    except Exception as exc:  # a report bug must not lose the run folder
         detail = re.sub(r"\s+", " ", f"{type(exc).__name__}: {exc}")[:500]
         return (
             '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -58,5 +58,5 @@ def test_pass_with_secret(
     evidence: Evidence, loaded_profile: LoadedProfile, device_profile: Profile
 ) -> None:
     """Passes after handling the passwords."""
-    first, second = secrets(loaded_profile, device_profile)
+    first, _ = secrets(loaded_profile, device_profile)
     spill(evidence, first)

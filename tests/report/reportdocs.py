@@ -72,7 +72,6 @@ def make_run(
     profile: dict[str, Any] | None = None,
     checks: list[tuple[str, str, Verdict, str]] | None = None,
     outage: bool = False,
-    secret_in: str | None = None,
 ) -> HarnessRun:
     """A HarnessRun with results and evidence in ``out`` (nothing written at the top yet)."""
     prof = profile or PROFILE
@@ -92,17 +91,10 @@ def make_run(
             ev.received("modbus://127.0.0.1:5020", b"\x00\x01\x00\x00\x00\x05\x01\x03\x02\x00\x2a",
                         "FC 3 normal response")
             ev.note("judgement", observed=42)
-            if secret_in is not None:
-                ev.sent("ssh://127.0.0.1:22", secret_in.encode(), f"login with {secret_in}")
-                ev.note(f"password {secret_in} accepted", password=secret_in)
-                ev.attach("banner.txt", f"welcome, your password is {secret_in}\n")
-                ev.timeline("session", [{"t": 0, "user": "op", "password": secret_in}])
         if name == "test_flood":
             ev.timeline("monitor", monitor_rows(outage=outage))
             ev.note("load summary", load_window=[1.0, 3.0], rate=180.0)
         files = ev.save(out / "evidence" / slug(nodeid), out)
-        if secret_in is not None and verdict is Verdict.FAIL:
-            reason = f"{reason}; the device echoed {secret_in}"
         run.results.append(
             CheckResult(
                 nodeid=nodeid,
