@@ -37,6 +37,11 @@ def register_secret(value: str) -> None:
             _secrets.add(value)
 
 
+def has_secrets() -> bool:
+    """True once any secret has been registered."""
+    return bool(_secrets)
+
+
 def scrub_text(text: str) -> str:
     """Replace every registered secret in ``text``."""
     with _secrets_lock:

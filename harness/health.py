@@ -42,11 +42,36 @@ def endpoints(profile: Profile) -> list[tuple[str, int]]:
     return out
 
 
+def _modbus_read(sock: socket.socket, unit: int) -> None:
+    """One FC 3 read of register 0; raises OSError when no well-formed reply comes back."""
+    from harness.protocols.mbap import MBAP_SIZE, FrameError, adu, read_pdu, split_adus
+
+    sock.sendall(adu(0x4842, unit, read_pdu(3, 0, 1)))
+    buf = bytearray()
+    while True:
+        chunk = sock.recv(260 - len(buf))
+        if not chunk:
+            raise OSError("connection closed without a Modbus reply")
+        buf += chunk
+        try:
+            if split_adus(buf):
+                return
+        except FrameError as exc:
+            raise OSError(f"malformed Modbus reply: {exc}") from None
+        if len(buf) >= 260 + MBAP_SIZE:
+            raise OSError("oversized Modbus reply")
+
+
 def probe(profile: Profile, guard: Guard, timeout_s: float) -> ProbeResult:
-    """Probe every endpoint once; alive when at least one answers (or there is none)."""
+    """Probe every endpoint once; alive when at least one answers (or there is none).
+
+    A plain Modbus/TCP endpoint must answer a read, not just accept the connection: a device
+    whose Modbus server hangs usually keeps its listening socket open.
+    """
     details: list[str] = []
     answered = 0
     eps = endpoints(profile)
+    modbus = profile.interfaces.modbus_tcp
     for host, port in eps:
         try:
             addr = guard.check_destination(host, port)
@@ -54,6 +79,8 @@ def probe(profile: Profile, guard: Guard, timeout_s: float) -> ProbeResult:
             with socket.socket(family, socket.SOCK_STREAM) as sock:
                 sock.settimeout(timeout_s)
                 sock.connect((addr, port))
+                if modbus is not None and (host, port) == (modbus.host, modbus.port):
+                    _modbus_read(sock, modbus.unit_id)
             answered += 1
             details.append(f"tcp {host}:{port} answered")
         except SafetyViolation:

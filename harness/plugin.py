@@ -29,14 +29,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from harness.errors import HarnessError, ProfileError
-from harness.evidence import Evidence, slug
+from harness.evidence import Evidence, has_secrets, scrub_text, slug
 from harness.verdict import CheckResult, NotApplicable, NotRun, Verdict, Violation
 
 if TYPE_CHECKING:
     from harness.catalog import Catalog
     from harness.profile import LoadedProfile
     from harness.safety import Guard
-    from harness.selection import CheckSpec, Decision
+    from harness.selection import CheckSpec, Decision  # noqa: F401 - named in StashKey["..."]
 
 #: Exit codes of a run (DESIGN.md section 3).
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
@@ -271,6 +271,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     if _decision_key not in item.stash:
         return report
+    if report.longrepr is not None and has_secrets():
+        # pytest prints this on the terminal: never a secret there either
+        text = str(report.longrepr)
+        cleaned = scrub_text(text)
+        if cleaned != text:
+            report.longrepr = cleaned
     current = item.stash.get(_verdict_key, None)
     verdict: tuple[Verdict, str] | None = None
     if report.skipped:

@@ -4,8 +4,8 @@ When a malformed-input or load check breaks the device, its evidence folder hold
 ``last_inputs.json``: the exact frames sent last before the monitor saw the failure, in order,
 with the protocol and the target. The vendor reproduces the fault with
 ``harness replay EVIDENCE_DIR --profile P --allow-disruptive``, which resends exactly those
-frames through the safety guard (allow-list, rate cap, duration cap) and then probes the
-device's health.
+frames through the safety guard (allow-list, rate cap, duration cap) and then checks that the
+replayed interface still works (for Modbus: that it still answers a read).
 
 The file (format ``harness.last_inputs/1``)::
 
@@ -351,7 +351,10 @@ class _Link:
             guard.check_serial(ep.device)
             try:
                 self.serial = serial.serial_for_url(
-                    ep.device, baudrate=ep.baud, parity=ep.parity, timeout=0.05,
+                    ep.device,
+                    baudrate=ep.baud,
+                    parity=ep.parity,
+                    timeout=0.05,
                     write_timeout=self.timeout,
                 )
             except (serial.SerialException, ValueError) as exc:
@@ -428,7 +431,7 @@ def replay(
     log: Callable[[str], None] = lambda _line: None,
     settle_s: float = 1.0,
 ) -> ReplayResult:
-    """Resend ``plan``'s frames to the profile's interface, then probe the device's health.
+    """Resend ``plan``'s frames to the profile's interface, then check it still works.
 
     :param dry_run: show what would be sent; send nothing.
     :raises SafetyViolation: disruptive actions are not allowed, or the destination is not in
@@ -440,11 +443,15 @@ def replay(
     ep = _endpoint(plan, loaded)
     frames = wire_frames(plan, ep.unit)
     result = ReplayResult(ep.describe())
-    log(f"replaying {len(frames)} frames ({plan.protocol}, {plan.framing} framing, "
-        f"{plan.connection} connection) to {ep.describe()}")
+    log(
+        f"replaying {len(frames)} frames ({plan.protocol}, {plan.framing} framing, "
+        f"{plan.connection} connection) to {ep.describe()}"
+    )
     if plan.redacted:
-        log(f"warning: frames {plan.redacted} had a secret scrubbed when recorded; they are "
-            "not byte-identical to what the check sent")
+        log(
+            f"warning: frames {plan.redacted} had a secret scrubbed when recorded; they are "
+            "not byte-identical to what the check sent"
+        )
     if dry_run:
         for i, data in enumerate(frames):
             note = f"  ({plan.notes[i]})" if plan.notes[i] else ""
@@ -500,16 +507,64 @@ def replay(
         if link is not None:
             link.close()
         guard.disarm()
-    from harness.health import probe
-
     time.sleep(settle_s)
     try:
-        health = probe(loaded.profile, guard, safety.connect_timeout_s)
+        result.healthy, result.health = check_health(ep, plan, loaded, guard)
     except SafetyViolation as exc:
         result.healthy, result.health = None, str(exc)
-    else:
-        result.healthy, result.health = health.alive, health.describe()
     return result
+
+
+def check_health(
+    ep: _Endpoint, plan: ReplayPlan, loaded: LoadedProfile, guard: Guard
+) -> tuple[bool, str]:
+    """Does the replayed interface still work? A Modbus read for Modbus/TCP (any well-formed
+    answer, exceptions included), a connect for the other TCP protocols, and the run's health
+    probe (any interface answering) for UDP and serial."""
+    from harness.health import probe
+    from harness.protocols import mbap
+
+    safety = loaded.profile.safety
+    if ep.transport not in ("tcp", "tls") or plan.protocol == "network":
+        health = probe(loaded.profile, guard, safety.connect_timeout_s)
+        return health.alive, health.describe()
+    try:
+        link = _Link(ep, guard, loaded)
+    except TargetError as exc:
+        return False, f"{ep.describe()} refuses connections ({exc})"
+    try:
+        if plan.protocol not in ("modbus_tcp", "modbus_tls"):
+            return True, f"{ep.describe()} accepts connections"
+        address = next(
+            (f.address for f in loaded.profile.essential_functions if f.kind == "modbus_heartbeat"),
+            0,
+        )
+        link.send(mbap.adu(0x7FFF, ep.unit, mbap.read_pdu(3, address, 1)))
+        buf = bytearray()
+        end = time.monotonic() + safety.request_timeout_s
+        while time.monotonic() < end and len(buf) <= mbap.MAX_ADU:
+            data = link.read(max(0.0, end - time.monotonic()))
+            if data is None:
+                return False, f"{ep.describe()} closed the connection instead of answering a read"
+            buf += data
+            try:
+                adus = mbap.split_adus(buf)
+            except mbap.FrameError as exc:
+                return False, f"{ep.describe()} answered a read with garbage ({exc})"
+            if adus:
+                try:
+                    what = mbap.parse_pdu(adus[0].pdu).describe()
+                except mbap.FrameError as exc:
+                    return False, f"{ep.describe()} answered a read with garbage ({exc})"
+                return True, f"{ep.describe()} answered a Modbus read ({what})"
+        return False, (
+            f"{ep.describe()} accepts connections but did not answer a Modbus read within "
+            f"{safety.request_timeout_s:g} s"
+        )
+    except (OSError, ssl.SSLError) as exc:
+        return False, f"{ep.describe()}: {exc}"
+    finally:
+        link.close()
 
 
 def _drain(

@@ -42,9 +42,7 @@ def add_commands(sub: Any) -> None:
     s.add_argument("old", help="old run folder (or its results.json)")
     s.add_argument("new", help="new run folder (or its results.json)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.add_argument(
-        "--force", action="store_true", help="compare even if vendor or model differ"
-    )
+    s.add_argument("--force", action="store_true", help="compare even if vendor or model differ")
     s.set_defaults(func=cmd_diff)
 
     s = sub.add_parser(

@@ -20,9 +20,6 @@ from typing import Any
 
 import pytest
 
-#: Version of the results model (data-semver: add = minor, rename or remove = major).
-SCHEMA_VERSION = "1.0"
-
 
 class Verdict(StrEnum):
     """The five verdicts of a check."""

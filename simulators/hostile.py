@@ -31,10 +31,12 @@ connection" below counts the connections a protocol served with that behaviour, 
     client sends. OPC UA: random bytes (64..1024) after the Hello and every later message.
     Console and RTU: random bytes (16..256) after every input.
 ``hostile.lying_length``
-    Modbus, by the request's transaction id modulo 5: (0) an MBAP length 100 bytes longer than
+    Modbus, by the request's transaction id modulo 6: (0) an MBAP length 100 bytes longer than
     what follows, then silence; (1) an MBAP length of 2 followed by the whole reply PDU (bytes
     beyond the announced length); (2) a correct reply followed by 16 trailing bytes; (3) an MBAP
-    length of 0xFFFF; (4) an MBAP length of 0. OPC UA, by connection (alternating): (even) an
+    length of 0xFFFF; (4) an MBAP length of 0; (5) a true MBAP length around a read reply whose
+    byte count says 250 (or, for a request that is not a read, an exception PDU with 8 extra
+    bytes inside the announced length). OPC UA, by connection (alternating): (even) an
     ``ACKF`` declaring a message size of 2^31-1 bytes, 20 bytes of it, then silence; (odd) an
     ACK whose buffer and message sizes are 2^31-1, and after the next message an ``OPNF``
     declaring 2^31-1 bytes, 16 of them, then silence. SSH, by connection: a version line, then a
@@ -312,7 +314,7 @@ def serve_modbus(conn: Conn, behaviour: str) -> None:
 
 
 def _modbus_lie(conn: Conn, tid: int, unit: int, reply: bytes) -> None:
-    variant = tid % 5
+    variant = tid % 6
     if variant == 0:  # announces 100 bytes more than it sends, then nothing
         conn.send(mbap(tid, min(254, len(reply) + 101), unit) + reply)
     elif variant == 1:  # announces 2 (unit + FC) and sends the whole PDU
@@ -321,8 +323,11 @@ def _modbus_lie(conn: Conn, tid: int, unit: int, reply: bytes) -> None:
         conn.send(mbap(tid, len(reply) + 1, unit) + reply + os.urandom(16))
     elif variant == 3:
         conn.send(mbap(tid, 0xFFFF, unit) + reply)
-    else:
+    elif variant == 4:
         conn.send(mbap(tid, 0, unit) + reply)
+    else:  # the MBAP length is true; the PDU's own byte count lies
+        lie = bytes((reply[0], 250)) + reply[2:] if reply[0] < 5 else reply + bytes(8)
+        conn.send(mbap(tid, len(lie) + 1, unit) + lie)
 
 
 def _modbus_endless(conn: Conn, tid: int, unit: int, reply: bytes) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from struct import Struct, pack, unpack_from
+from struct import error as StructError
 
 from simulators.plc import PLC, PROTECTED_COILS, PROTECTED_REGISTERS, TABLE_SIZE
 
@@ -61,6 +62,25 @@ VENDOR_SERVICE_REPLY = b"HSIM vendor service 1.0"
 
 _PROTECTED_REG_SET = frozenset(PROTECTED_REGISTERS)
 _PROTECTED_COIL_SET = frozenset(PROTECTED_COILS)
+
+
+def _writes_protected_range(pdu: bytes) -> bool:
+    """True if a write request PDU (FC 5, 6, 15, 16, 22, 23) targets a protected point."""
+    fc = pdu[0]
+    try:
+        if fc in (5, 6, 22):
+            (address,) = unpack_from(">H", pdu, 1)
+            count = 1
+        elif fc in (15, 16):
+            address, count = unpack_from(">HH", pdu, 1)
+        elif fc == 23:
+            address, count = unpack_from(">HH", pdu, 5)
+        else:
+            return False
+    except StructError:  # a short PDU targets nothing
+        return False
+    protected = _PROTECTED_COIL_SET if fc in (5, 15) else _PROTECTED_REG_SET
+    return any(a in protected for a in range(address, address + min(count, 2000)))
 _REG_STRUCTS = [Struct(f">{n}H") for n in range(MAX_READ_REGISTERS + 1)]
 _ADDR_QTY = Struct(">HH")
 
@@ -166,7 +186,11 @@ class PduEngine:
         handler = self._handlers.get(fc)
         if handler is None:
             return bytes(((fc | 0x80) & 0xFF, ILLEGAL_FUNCTION))
-        if not can_write and fc in WRITE_FUNCTION_CODES:
+        if not can_write and fc in WRITE_FUNCTION_CODES and not (
+            # ``modbus.unprotected_writes``: the configuration ranges take writes from anyone,
+            # even where the channel refuses every other write.
+            not self._protect and _writes_protected_range(pdu)
+        ):
             return bytes((fc | 0x80, ILLEGAL_FUNCTION))
         return handler(pdu)
 

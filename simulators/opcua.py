@@ -14,6 +14,11 @@ Ready line ``endpoints``::
                          "process_value": ..., "output": ..., "scratch": [...],
                          "protected": [...]}}}
 
+Start-up takes ~0.8 s to the ready line when asyncua's standard address space (~7000 nodes)
+comes from the per-user cache (``--aspace-cache``, default ``~/.cache/harness``: a shelf of
+pickles, ~20 MB, used only when the folder and its files are the user's own and writable by
+nobody else), ~2.1 s without it, ~3.5 s for the one start that makes the cache.
+
 The client certificate is signed by the test CA the server trusts; a client using it must
 announce ``client_application_uri`` as its ApplicationUri. Certificates signed with ``ca_key``
 are trusted too, so the harness can mint trusted-but-expired ones.
@@ -39,8 +44,9 @@ Hardened posture:
 - client application certificates checked at CreateSession: BadCertificateTimeInvalid (expired
   or not yet valid), BadCertificateUriInvalid (SubjectAltName lacks the announced
   ApplicationUri), BadCertificatePolicyCheckFailed (RSA under 2048 bits),
-  BadCertificateUntrusted (neither in the trust list nor issued by its CA); ActivateSession on a
-  channel secured with another certificate gets BadCertificateInvalid;
+  BadCertificateUseNotAllowed (a CA certificate), BadCertificateUntrusted (neither in the
+  trust list nor issued by its CA); ActivateSession on a channel secured with another
+  certificate than CreateSession presented gets BadCertificateInvalid;
 - readonly accounts writing a scratch node or the set point get BadUserAccessDenied (and read
   UserAccessLevel = CurrentRead only);
 - more than ``session_limit`` sessions: CreateSession answers BadTooManySessions (the sessions

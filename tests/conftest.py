@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,3 +167,37 @@ def write_profile(tmp_path: Path) -> Callable[[dict[str, Any], str], Path]:
         return path
 
     return write
+
+
+def _answer_modbus(listener: socket.socket) -> None:
+    """A fake device: answers every Modbus request with one register read reply."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(5)
+            try:
+                while header := conn.recv(7):
+                    if len(header) < 7:
+                        break
+                    conn.recv(int.from_bytes(header[4:6], "big") - 1)
+                    conn.sendall(header[:4] + b"\x00\x05" + header[6:7] + b"\x03\x02\x00\x2a")
+            except OSError:
+                continue
+
+
+@pytest.fixture(scope="session")
+def fake_modbus_port() -> Iterator[int]:
+    """A listening fake device that answers the health probe's Modbus read."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    thread = threading.Thread(target=_answer_modbus, args=(listener,), daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+        thread.join(timeout=5)

@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,6 @@ claimed_sl: {{FR1: 2}}
 interfaces:
   modbus_tcp: {{host: 127.0.0.1, port: {port}}}
 """
-
-
-@pytest.fixture(scope="module")
-def device_port() -> Iterator[int]:
-    """A listening TCP port: the fake device answers the health probe."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(64)
-        yield listener.getsockname()[1]
 
 
 def free_port() -> int:
@@ -81,10 +71,10 @@ def run_pytest(
 
 @pytest.fixture(scope="module")
 def full_run(
-    tmp_path_factory: pytest.TempPathFactory, device_port: int
+    tmp_path_factory: pytest.TempPathFactory, fake_modbus_port: int
 ) -> tuple[int, dict[str, Any], str, Path]:
     tmp = tmp_path_factory.mktemp("plugin")
-    code, results, output = run_pytest(tmp, "all", "--allow-disruptive", port=device_port)
+    code, results, output = run_pytest(tmp, "all", "--allow-disruptive", port=fake_modbus_port)
     return code, results, output, tmp / "out"
 
 
@@ -117,7 +107,7 @@ def test_every_outcome_maps_to_its_verdict(full_run: Any) -> None:
 def test_results_document(full_run: Any) -> None:
     code, results, _, out = full_run
     assert code == 1  # a FAIL wins over the ERRORs
-    assert results["schema_version"] == "1.0"
+    assert results["schema_version"] == "1.1"
     assert results["complete"] is True
     assert results["summary"] == {
         "PASS": 2,
@@ -134,16 +124,16 @@ def test_results_document(full_run: Any) -> None:
     assert passed["requirement"] == "CR 1.1" and passed["fr"] == "FR1" and passed["sl"] == 1
 
 
-def test_disruptive_is_not_run_without_permission(tmp_path: Path, device_port: int) -> None:
-    _, results, _ = run_pytest(tmp_path, "pass", port=device_port)
+def test_disruptive_is_not_run_without_permission(tmp_path: Path, fake_modbus_port: int) -> None:
+    _, results, _ = run_pytest(tmp_path, "pass", port=fake_modbus_port)
     assert verdicts(results)["test_disruptive"][0] == "NOT RUN"
 
 
 @pytest.mark.parametrize(
     ("outcomes", "code"), [("pass", 0), ("pass,error", 3), ("pass,error,fail", 1)]
 )
-def test_exit_codes(tmp_path: Path, outcomes: str, code: int, device_port: int) -> None:
-    got, _, output = run_pytest(tmp_path, outcomes, port=device_port)
+def test_exit_codes(tmp_path: Path, outcomes: str, code: int, fake_modbus_port: int) -> None:
+    got, _, output = run_pytest(tmp_path, outcomes, port=fake_modbus_port)
     assert got == code, output
 
 

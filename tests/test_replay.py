@@ -20,13 +20,17 @@ from harness.replay import FORMAT, LastInputs, load_plan
 pytestmark = pytest.mark.timeout(60)
 
 CRASH = b"\xde\xad\xbe\xef"
+#: The read replay sends afterwards to see whether the Modbus interface still works.
+HEALTH_READ = mbap.adu(0x7FFF, 7, mbap.read_pdu(3, 0, 1))
 
 
 class FakeDevice:
     """A loopback TCP device: records what each connection sent, echoes it, and dies (closes
     every socket, listener included) when it receives :data:`CRASH`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, hang: bool = False) -> None:
+        #: On CRASH, stop answering but keep accepting connections (a hung application).
+        self.hang = hang
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(16)
@@ -43,7 +47,7 @@ class FakeDevice:
         sel.register(self.listener, selectors.EVENT_READ)
         buffers: dict[socket.socket, bytearray] = {}
         try:
-            while not self._stop.is_set() and not self.crashed.is_set():
+            while not self._stop.is_set() and (self.hang or not self.crashed.is_set()):
                 for key, _ in sel.select(timeout=0.05):
                     sock = key.fileobj
                     assert isinstance(sock, socket.socket)
@@ -62,10 +66,12 @@ class FakeDevice:
                     if not buf:
                         self.received.append(buf)
                     buf += data
-                    if CRASH in buf:
+                    if CRASH in buf and not self.crashed.is_set():
                         self.crashed.set()
-                        break
-                    sock.sendall(data)
+                        if not self.hang:
+                            break
+                    if not self.crashed.is_set():
+                        sock.sendall(data)
         finally:
             for sock in buffers:
                 sock.close()
@@ -124,13 +130,13 @@ def test_replay_resends_exactly_the_frames_in_order(
     out = capsys.readouterr().out
     assert code == 0, out
     assert bytes(device.received[0]) == b"".join(FRAMES)
-    assert len(device.received) == 1  # one connection carried data (plus the health probe)
+    # then the health check: a new connection with one Modbus read
+    assert [bytes(b) for b in device.received[1:]] == [HEALTH_READ]
     assert "sent 3 of 3 frames" in out and "received after #" in out
+    assert "answered a Modbus read" in out
 
 
-def test_replay_reports_a_reproduced_crash(
-    device: FakeDevice, tmp_path: Path, capsys: Any
-) -> None:
+def test_replay_reports_a_reproduced_crash(device: FakeDevice, tmp_path: Path, capsys: Any) -> None:
     evidence = write_inputs(tmp_path / "ev", [FRAMES[0], CRASH])
     profile = write_profile(tmp_path, device.port)
     code = main(["replay", str(evidence), "--profile", str(profile), "--allow-disruptive"])
@@ -138,6 +144,19 @@ def test_replay_reports_a_reproduced_crash(
     assert device.crashed.is_set()
     assert code == 1, out
     assert "REPRODUCED" in out
+
+
+def test_replay_reports_a_hung_modbus_application(tmp_path: Path, capsys: Any) -> None:
+    device = FakeDevice(hang=True)
+    try:
+        evidence = write_inputs(tmp_path / "ev", [CRASH])
+        profile = write_profile(tmp_path, device.port)
+        code = main(["replay", str(evidence), "--profile", str(profile), "--allow-disruptive"])
+    finally:
+        device.close()
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "accepts connections but did not answer a Modbus read" in out
 
 
 def test_mbap_framing_and_a_connection_per_frame(
@@ -150,6 +169,7 @@ def test_mbap_framing_and_a_connection_per_frame(
     assert [bytes(b) for b in device.received] == [
         mbap.adu(1, 7, pdus[0]),
         mbap.adu(2, 7, pdus[1]),
+        HEALTH_READ,
     ]
     capsys.readouterr()
 
@@ -170,9 +190,7 @@ def test_nothing_is_sent_without_permission_or_in_a_dry_run(
 def test_guard_refuses_a_target_outside_the_allow_list(
     device: FakeDevice, tmp_path: Path, capsys: Any
 ) -> None:
-    evidence = write_inputs(
-        tmp_path / "ev", [b"\x01"], protocol="network", target="192.0.2.1:502"
-    )
+    evidence = write_inputs(tmp_path / "ev", [b"\x01"], protocol="network", target="192.0.2.1:502")
     profile = write_profile(tmp_path, device.port)
     code = main(["replay", str(evidence), "--profile", str(profile), "--allow-disruptive"])
     assert code == 2

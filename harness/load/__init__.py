@@ -36,6 +36,7 @@ import os
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -175,18 +176,21 @@ class Pacer:
 
     :param rate: events per second (> 0).
     :param burst: bucket size (default: 1 % of the rate, at least 1).
+    :param clock: the monotonic clock (tests pass a fake one).
     """
 
     WINDOW_S = 1.0
 
-    def __init__(self, rate: float, burst: float | None = None) -> None:
+    def __init__(self, rate: float, burst: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be > 0, got {rate}")
         self.rate = float(rate)
         self.burst = max(1.0, burst if burst is not None else rate / 100.0)
         self.window_cap = max(1, int(rate * self.WINDOW_S))
+        self._clock = clock
         self._tokens = 0.0
-        self._last = time.monotonic()
+        self._last = clock()
         self._granted: deque[tuple[float, int]] = deque()
         self._in_window = 0
         self.total = 0
@@ -199,7 +203,7 @@ class Pacer:
 
     def take(self, wanted: int) -> int:
         """Grant up to ``wanted`` events now (possibly 0)."""
-        now = time.monotonic()
+        now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
         self._expire(now)
@@ -214,7 +218,7 @@ class Pacer:
 
     def wait_s(self) -> float:
         """Seconds until at least one event may be granted."""
-        now = time.monotonic()
+        now = self._clock()
         tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
         self._expire(now)

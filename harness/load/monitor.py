@@ -419,7 +419,7 @@ class OpcUaReadProbe(Probe):
         return SecretRef(ref).resolve(Path(self.settings["base_dir"]))
 
     async def _open(self) -> None:
-        from asyncua import Client
+        from asyncua.client.client import Client
 
         s = self.settings
         client = Client(s["endpoint"], timeout=self._session_timeout_s, watchdog_intervall=3600)

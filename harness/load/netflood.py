@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
 from harness.load import LoadResult, NeverStop, Pacer, Series, Stoppable, is_root
@@ -77,11 +77,11 @@ def malformed_packets(dst: str, dport: int, *, src: str | None = None) -> list[t
     src = src or source_address(dst)
     rng = random.Random(7)  # noqa: S311 - reproducible packets, not secrecy
 
-    def ip(**kw: object) -> IP:
+    def ip(**kw: Any) -> IP:
         return IP(src=src, dst=dst, id=rng.randrange(1, 65536), ttl=64, **kw)
 
-    def tcp(**kw: object) -> TCP:
-        fields: dict[str, object] = {"sport": rng.randrange(1024, 65536), "dport": dport,
+    def tcp(**kw: Any) -> TCP:
+        fields: dict[str, Any] = {"sport": rng.randrange(1024, 65536), "dport": dport,
                                      "seq": rng.randrange(1 << 32), "window": 1024}
         fields.update(kw)
         return TCP(**fields)

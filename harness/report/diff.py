@@ -173,7 +173,10 @@ def diff_results(old: dict[str, Any], new: dict[str, Any]) -> RunDiff:
         if nodeid not in new_checks:
             out.removed.append(
                 VerdictChange(
-                    nodeid, str(oc.get("requirement", "")), oc.get("verdict"), None,
+                    nodeid,
+                    str(oc.get("requirement", "")),
+                    oc.get("verdict"),
+                    None,
                     oc.get("reason", ""),
                 )
             )

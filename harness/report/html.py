@@ -9,18 +9,22 @@ mistake cannot make the page fetch or run something. Every string that comes fro
 Load checks and their plots
 ---------------------------
 A check is a load check when its evidence holds a monitor timeline: a CSV whose file name starts
-with ``monitor`` (``evidence.timeline("monitor", rows)`` writes ``monitor.csv``). Columns:
+with ``monitor`` (``evidence.timeline("monitor", rows)`` writes ``monitor.csv``; the load
+fixture writes :func:`harness.load.monitor.timeline_rows`). Columns:
 
 - ``t``: seconds, any origin, increasing;
 - ``ok``: 1/0 (``true``/``false``): the essential function answered within its bound;
 - ``latency_ms``: the answer's latency (empty when there was none);
-- ``phase`` (optional): ``before``, ``load`` or ``after`` (``recovery`` counts as after);
-- ``function`` (optional): which essential function, when one file holds several.
+- ``phase`` (optional): ``before``/``baseline``; ``after...``/``recovery...``; any other label
+  (``load``, ``load:modbus_flood``, ``malformed``, ``scan``) marks a load phase, and each run of
+  one load label is a load window;
+- ``probe`` or ``function`` (optional): which essential function, when one file holds several
+  (one latency line each).
 
-The load window, shaded on the plot, is taken from the first of: a ``load_window.json``
-attachment in the same evidence folder (``{"start": s, "end": s}`` on the timeline's ``t``
-axis), the extent of the rows whose ``phase`` is ``load``, or a note whose data carries
-``load_window`` (``[start, end]`` or ``{"start": s, "end": s}``).
+The load windows, shaded on the plot, come from the first of: a ``load_window.json`` attachment
+in the same evidence folder (``{"start": s, "end": s, "label": "..."}`` on the timeline's ``t``
+axis, or a list of them), the ``phase`` column, or a note whose data carries ``load_window``
+(``[start, end]`` or the same objects).
 """
 
 from __future__ import annotations
@@ -91,11 +95,26 @@ def _safe_href(rel: str) -> str | None:
 class Sample:
     """One monitor sample."""
 
+    #: Seconds on the timeline's own axis.
     t: float
+    #: The essential function answered within its bound.
     ok: bool
+    #: Latency of the answer (None: no answer).
     latency_ms: float | None
+    #: The raw phase label (see :func:`phase_class`).
     phase: str = ""
+    #: Which essential function (the ``probe`` or ``function`` column).
     function: str = ""
+
+
+@dataclass(frozen=True)
+class Window:
+    """A stretch of the timeline during which the check loaded the device."""
+
+    start: float
+    end: float
+    #: The phase label (``load``, ``load:modbus_flood``, ``malformed``...).
+    label: str = "load"
 
 
 @dataclass
@@ -105,9 +124,9 @@ class Timeline:
     #: Evidence path of the CSV, relative to the run folder.
     name: str
     samples: list[Sample] = field(default_factory=list)
-    #: (start, end) of the load on the ``t`` axis, or None when unknown.
-    window: tuple[float, float] | None = None
-    #: Where the window came from (``load_window.json``, ``phase column``, ``note``).
+    #: The load windows on the ``t`` axis, in time order (empty when unknown).
+    windows: list[Window] = field(default_factory=list)
+    #: Where the windows came from (``load_window.json``, ``phase column``, ``note``).
     window_source: str = ""
     truncated: bool = False
 
@@ -118,6 +137,22 @@ def _float(text: object) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
+
+
+def phase_class(label: str) -> str:
+    """``before``, ``load`` or ``after`` for a phase label; ``""`` for no label.
+
+    ``before``/``baseline`` are before; ``after...``/``recovery...`` are after; any other label
+    (``load``, ``load:modbus_flood``, ``malformed``, ``scan``) is a load phase.
+    """
+    text = label.strip().lower()
+    if not text:
+        return ""
+    if text in ("before", "baseline") or text.startswith("before"):
+        return "before"
+    if text.startswith(("after", "recovery")):
+        return "after"
+    return "load"
 
 
 def parse_timeline(name: str, text: str) -> Timeline:
@@ -133,39 +168,68 @@ def parse_timeline(name: str, text: str) -> Timeline:
             continue
         ok_text = str(row.get("ok", row.get("alive", "")) or "").strip().lower()
         latency = _float(row.get("latency_ms", "") or "")
-        phase = str(row.get("phase", "") or "").strip().lower()
-        if phase == "recovery":
-            phase = "after"
-        function = str(row.get("function", row.get("name", "")) or "")
+        phase = str(row.get("phase", "") or "").strip()
+        function = str(row.get("function", row.get("probe", row.get("name", ""))) or "")
         tl.samples.append(Sample(t, ok_text in _TRUE, latency, phase, function))
     tl.samples.sort(key=lambda s: s.t)
-    load_ts = [s.t for s in tl.samples if s.phase == "load"]
-    if load_ts:
-        tl.window, tl.window_source = (min(load_ts), max(load_ts)), "phase column"
+    label: str | None = None
+    start = end = 0.0
+    for s in tl.samples:
+        if phase_class(s.phase) != "load":
+            if label is not None:
+                tl.windows.append(Window(start, end, label))
+                label = None
+            continue
+        if label is not None and s.phase == label:
+            end = s.t
+            continue
+        if label is not None:
+            tl.windows.append(Window(start, end, label))
+        label, start, end = s.phase, s.t, s.t
+    if label is not None:
+        tl.windows.append(Window(start, end, label))
+    if tl.windows:
+        tl.window_source = "phase column"
     return tl
 
 
-def _window_of(value: object) -> tuple[float, float] | None:
-    start = end = None
-    if isinstance(value, dict):
-        start, end = _float(value.get("start", "")), _float(value.get("end", ""))
-    elif isinstance(value, list | tuple) and len(value) == 2:
-        start, end = _float(value[0]), _float(value[1])
-    if start is None or end is None or end < start:
-        return None
-    return (start, end)
+def _windows_of(value: object) -> list[Window]:
+    """Windows from ``{"start", "end"[, "label"]}``, ``[start, end]`` or a list of either."""
+    items = value if isinstance(value, list) and value and not _is_pair(value) else [value]
+    out = []
+    for item in items:
+        start = end = None
+        label = "load"
+        if isinstance(item, dict):
+            start, end = _float(item.get("start", "")), _float(item.get("end", ""))
+            label = str(item.get("label", "load"))
+        elif _is_pair(item):
+            assert isinstance(item, list | tuple)
+            start, end = _float(item[0]), _float(item[1])
+        if start is None or end is None or end < start:
+            return []
+        out.append(Window(start, end, label))
+    return sorted(out, key=lambda w: w.start)
+
+
+def _is_pair(value: object) -> bool:
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(v, int | float) for v in value)
+    )
 
 
 def load_timelines(check: dict[str, Any], run_dir: Path | None) -> list[Timeline]:
-    """The monitor timelines in a check's evidence, each with its load window."""
+    """The monitor timelines in a check's evidence, each with its load windows."""
     if run_dir is None:
         return []
     paths = [p for p in check.get("evidence", []) if isinstance(p, str)]
-    note_window = None
+    note_windows: list[Window] = []
     for obs in check.get("observations", []):
         data = obs.get("data") if isinstance(obs, dict) else None
         if isinstance(data, dict) and "load_window" in data:
-            note_window = _window_of(data["load_window"]) or note_window
+            note_windows = _windows_of(data["load_window"]) or note_windows
     out = []
     for rel in paths:
         pure = PurePosixPath(rel)
@@ -182,28 +246,29 @@ def load_timelines(check: dict[str, Any], run_dir: Path | None) -> list[Timeline
         tl = parse_timeline(rel, text[:MAX_TIMELINE_BYTES])
         tl.truncated = tl.truncated or len(text) > MAX_TIMELINE_BYTES
         window_file = path.parent / "load_window.json"
-        file_window = None
+        file_windows: list[Window] = []
         if window_file.is_file():
             try:
-                file_window = _window_of(json.loads(window_file.read_text(encoding="utf-8")))
+                file_windows = _windows_of(json.loads(window_file.read_text(encoding="utf-8")))
             except (OSError, ValueError):
-                file_window = None
-        if file_window is not None:
-            tl.window, tl.window_source = file_window, "load_window.json"
-        elif tl.window is None and note_window is not None:
-            tl.window, tl.window_source = note_window, "note"
+                file_windows = []
+        if file_windows:
+            tl.windows, tl.window_source = file_windows, "load_window.json"
+        elif not tl.windows and note_windows:
+            tl.windows, tl.window_source = note_windows, "note"
         out.append(tl)
     return out
 
 
-def _phase_of(s: Sample, window: tuple[float, float] | None) -> str:
-    if s.phase in _PHASES:
-        return s.phase
-    if window is None:
+def _phase_of(s: Sample, windows: list[Window]) -> str:
+    cls = phase_class(s.phase)
+    if cls:
+        return cls
+    if not windows:
         return "all"
-    if s.t < window[0]:
+    if s.t < windows[0].start:
         return "before"
-    return "load" if s.t <= window[1] else "after"
+    return "load" if any(w.start <= s.t <= w.end for w in windows) else "after"
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -216,7 +281,7 @@ def phase_stats(tl: Timeline) -> list[dict[str, Any]]:
     """Per phase: samples, availability %, p50/p95/max latency, longest outage (s)."""
     groups: dict[str, list[Sample]] = {}
     for s in tl.samples:
-        groups.setdefault(_phase_of(s, tl.window), []).append(s)
+        groups.setdefault(_phase_of(s, tl.windows), []).append(s)
     out = []
     for phase in (*_PHASES, "all"):
         samples = groups.get(phase)
@@ -249,7 +314,7 @@ def _nice_step(span: float, ticks: int) -> float:
     raw = span / max(1, ticks)
     if raw <= 0:
         return 1.0
-    mag = 10 ** math.floor(math.log10(raw))
+    mag = 10.0 ** math.floor(math.log10(raw))
     for m in (1, 2, 2.5, 5, 10):
         if raw <= m * mag:
             return m * mag
@@ -272,8 +337,8 @@ def svg_timeline(tl: Timeline) -> str:
     top, lat_h, gap, av_h, bottom = 26, 190, 34, 70, 30
     height = top + lat_h + gap + av_h + bottom
     t0, t1 = samples[0].t, samples[-1].t
-    if tl.window is not None:
-        t0, t1 = min(t0, tl.window[0]), max(t1, tl.window[1])
+    for w in tl.windows:
+        t0, t1 = min(t0, w.start), max(t1, w.end)
     if t1 <= t0:
         t1 = t0 + 1.0
     plot_w = width - left - right
@@ -302,22 +367,23 @@ def svg_timeline(tl: Timeline) -> str:
         f'<rect x="{left}" y="{av_top}" width="{plot_w}" height="{av_h}" fill="#fbfbfd" '
         'stroke="#c9ccd4"/>',
     ]
-    if tl.window is not None:
-        wx0, wx1 = x(tl.window[0]), x(tl.window[1])
+    for w in tl.windows:
+        wx0, wx1 = x(w.start), x(w.end)
         parts.append(
             f'<rect class="load-window" x="{wx0:.1f}" y="{top}" width="{max(wx1 - wx0, 1):.1f}" '
-            f'height="{av_top + av_h - top}" fill="#f4b400" fill-opacity="0.22"/>'
+            f'height="{av_top + av_h - top}" fill="#f4b400" fill-opacity="0.22">'
+            f"<title>{_e(w.label)}: {_e(_fmt(w.start))} to {_e(_fmt(w.end))} s</title></rect>"
         )
         parts.append(
-            f'<text x="{wx0 + 4:.1f}" y="{top + 12}" font-size="11" fill="#8a6500">load</text>'
+            f'<text x="{wx0 + 4:.1f}" y="{top + 12}" font-size="11" fill="#8a6500">'
+            f"{_e(w.label)}</text>"
         )
     # grid and axes
     n = 0
     while n * ystep <= ymax + 1e-9:
         yy = y_lat(n * ystep)
         parts.append(
-            f'<line x1="{left}" x2="{left + plot_w}" y1="{yy:.1f}" y2="{yy:.1f}" '
-            'stroke="#e3e5ea"/>'
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#e3e5ea"/>'
         )
         parts.append(
             f'<text x="{left - 6}" y="{yy + 4:.1f}" font-size="11" text-anchor="end">'
@@ -327,8 +393,7 @@ def svg_timeline(tl: Timeline) -> str:
     for pct in (0, 50, 100):
         yy = y_av(pct)
         parts.append(
-            f'<line x1="{left}" x2="{left + plot_w}" y1="{yy:.1f}" y2="{yy:.1f}" '
-            'stroke="#e3e5ea"/>'
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#e3e5ea"/>'
         )
         parts.append(
             f'<text x="{left - 6}" y="{yy + 4:.1f}" font-size="11" text-anchor="end">{pct}%</text>'
@@ -338,8 +403,7 @@ def svg_timeline(tl: Timeline) -> str:
     while tick <= t1 + 1e-9:
         xx = x(tick)
         parts.append(
-            f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{top}" y2="{av_top + av_h}" '
-            'stroke="#eef0f3"/>'
+            f'<line x1="{xx:.1f}" x2="{xx:.1f}" y1="{top}" y2="{av_top + av_h}" stroke="#eef0f3"/>'
         )
         parts.append(
             f'<text x="{xx:.1f}" y="{av_top + av_h + 16}" font-size="11" text-anchor="middle">'
@@ -379,9 +443,7 @@ def svg_timeline(tl: Timeline) -> str:
                 seg.append((px, py))
         for seg in segments:
             if len(seg) == 1:
-                parts.append(
-                    f'<circle cx="{seg[0][0]}" cy="{seg[0][1]}" r="1.8" fill="{colour}"/>'
-                )
+                parts.append(f'<circle cx="{seg[0][0]}" cy="{seg[0][1]}" r="1.8" fill="{colour}"/>')
             elif seg:
                 points = " ".join(f"{a},{b}" for a, b in seg)
                 parts.append(
@@ -499,7 +561,7 @@ pre { background: #f6f7f9; border: 1px solid var(--line); padding: 8px; overflow
       white-space: pre-wrap; overflow-wrap: anywhere; margin: 6px 0; font-size: 12.5px; }
 table.obs td { font-size: 12.5px; }
 table.obs td.hex { font-family: ui-monospace, "DejaVu Sans Mono", monospace;
-                   overflow-wrap: anywhere; max-width: 380px; }
+                   overflow-wrap: anywhere; min-width: 220px; max-width: 380px; }
 code, .mono { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12.5px; }
 .plot { max-width: 100%; height: auto; display: block; margin: 8px 0; }
 table.stats { width: auto; }
@@ -743,8 +805,10 @@ def _check(check: dict[str, Any], anchor: str, run_dir: Path | None) -> str:
     is_open = verdict in ("FAIL", "ERROR") or bool(timelines)
     facts = [
         ("Check", f"<code>{_e(check.get('nodeid'))}</code>"),
-        ("Requirement", f"{_e(check.get('requirement'))} ({_e(check.get('fr'))}, "
-         f"SL {_e(check.get('sl'))})"),
+        (
+            "Requirement",
+            f"{_e(check.get('requirement'))} ({_e(check.get('fr'))}, SL {_e(check.get('sl'))})",
+        ),
         ("Protocol", _e(check.get("protocol"))),
         ("Disruptive", "yes" if check.get("disruptive") else "no"),
         ("Started", _e(check.get("started"))),
@@ -757,8 +821,10 @@ def _check(check: dict[str, Any], anchor: str, run_dir: Path | None) -> str:
     reason_html = f"<h4>Reason</h4><pre>{_e(reason)}</pre>" if reason else ""
     plots = ""
     for tl in timelines:
-        src = f" (load window from the {_e(tl.window_source)})" if tl.window else (
-            " (no load window recorded)"
+        src = (
+            f" (load window from the {_e(tl.window_source)})"
+            if tl.windows
+            else (" (no load window recorded)")
         )
         trunc = " Timeline truncated for the plot." if tl.truncated else ""
         plots += (
@@ -784,8 +850,9 @@ def _checks(checks: list[dict[str, Any]], ids: dict[int, str], run_dir: Path | N
     parts = ['<section id="checks"><h2>Checks</h2>']
     for fr in (*FRS, None):
         mine = [
-            (i, c) for i, c in enumerate(checks) if (c.get("fr") == fr) or (fr is None and
-                                                                             c.get("fr") not in FRS)
+            (i, c)
+            for i, c in enumerate(checks)
+            if (c.get("fr") == fr) or (fr is None and c.get("fr") not in FRS)
         ]
         if not mine:
             continue

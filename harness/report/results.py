@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from harness.catalog import Catalog
     from harness.plugin import HarnessRun
 
-#: Version of the results document (supersedes ``harness.verdict.SCHEMA_VERSION``).
+#: Version of the results document (data-semver: add = minor, rename or remove = major).
 SCHEMA_VERSION = "1.1"
 
 _LIBRARIES = (

@@ -213,7 +213,7 @@ class TrustList:
 
     def is_trusted(self, cert: x509.Certificate, now: dt.datetime) -> bool:
         """True if ``cert`` is in the list or was issued by a valid CA in the list."""
-        if cert.fingerprint(hashes.SHA256()) in self._exact and not _is_ca(cert):
+        if cert.fingerprint(hashes.SHA256()) in self._exact:
             return True
         for ca in self._cas:
             if cert.issuer != ca.subject or not _time_valid(ca, now):
@@ -229,7 +229,7 @@ class TrustList:
         """Judge a client certificate; return the name of the Bad status code, or None if good.
 
         Order: validity period, ApplicationUri (when ``application_uri`` is given; the
-        certificate's SubjectAltName must carry it), key size, trust.
+        certificate's SubjectAltName must carry it), not a CA, RSA key size, trust.
         """
         now = dt.datetime.now(dt.UTC)
         if not _time_valid(cert, now):
@@ -241,6 +241,8 @@ class TrustList:
                 return "BadCertificateUriInvalid"
             if application_uri not in san.get_values_for_type(x509.UniformResourceIdentifier):
                 return "BadCertificateUriInvalid"
+        if _is_ca(cert):
+            return "BadCertificateUseNotAllowed"
         key = cert.public_key()
         if not isinstance(key, rsa.RSAPublicKey) or key.key_size < MIN_CLIENT_KEY_BITS:
             return "BadCertificatePolicyCheckFailed"

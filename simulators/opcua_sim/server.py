@@ -103,7 +103,7 @@ def default_aspace_cache() -> str:
     return os.path.join(base, "harness")
 
 
-def _private(folder: Path) -> bool:
+def cache_is_private(folder: Path) -> bool:
     """True if ``folder`` and its files are ours and writable by nobody else (they are
     unpickled, so a file someone else could write would let them run code in the simulator)."""
     uid = os.getuid()
@@ -112,6 +112,47 @@ def _private(folder: Path) -> bool:
         if st.st_uid != uid or st.st_mode & 0o022 or stat.S_ISLNK(st.st_mode):
             return False
     return True
+
+
+def _cached_shelf(root: str) -> Path | None:
+    """The shelf path to give ``Server.init`` if a usable cache exists under ``root``."""
+    folder = Path(root) / ASPACE_CACHE_NAME
+    shelf = folder / "aspace"
+    if folder.is_dir() and shelf.is_file() and cache_is_private(folder):
+        return shelf
+    return None
+
+
+def _lock_cache(root: str) -> int | None:
+    """Take the cache-making lock (released when the descriptor closes, or the process dies);
+    None if another process holds it."""
+    try:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(root, ASPACE_CACHE_NAME + ".lock"),
+                     os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError as exc:  # no writable cache folder: build in memory
+        _logger.warning("no address space cache under %s: %s", root, exc)
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _new_build_folder(root: str) -> Path:
+    """A fresh private folder to make the cache in (under the lock)."""
+    for stale in Path(root).glob(".build-*"):  # left by a builder that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+
+
+def _publish_cache(build: Path, final: Path) -> None:
+    """Move a finished cache into place in one rename, so readers never see half of it."""
+    (build / "aspace").touch()  # asyncua checks this name exists (dbm.dumb adds suffixes)
+    with contextlib.suppress(OSError):  # lost a race: the cache exists already
+        os.rename(build, final)
 
 
 class StartupError(Exception):
@@ -427,34 +468,31 @@ class OpcuaPlc:
         if root == "none":
             await self.server.init()
             return
-        final = Path(root) / ASPACE_CACHE_NAME
-        shelf = final / "aspace"
-        if final.is_dir() and shelf.is_file() and _private(final):
+        shelf = _cached_shelf(root)
+        if shelf is None and (Path(root) / ASPACE_CACHE_NAME).exists():
+            _logger.warning("ignoring the address space cache under %s: not private", root)
+            await self.server.init()
+            return
+        if shelf is not None:
             try:
                 await self.server.init(shelf)
                 return
             except Exception:  # a damaged cache: fall back to building in memory
-                _logger.exception("cannot load the address space cache %s", final)
+                _logger.exception("cannot load the address space cache %s", shelf)
                 self.iserver = _InternalServer(self)
                 self.server = _Server(self)
             await self.server.init()
             return
-        os.makedirs(root, mode=0o700, exist_ok=True)
-        lock_fd = os.open(os.path.join(root, ASPACE_CACHE_NAME + ".lock"),
-                          os.O_CREAT | os.O_RDWR, 0o600)
+        lock_fd = _lock_cache(root)
+        if lock_fd is None:  # another simulator is making the cache, or no folder for it
+            await self.server.init()
+            return
         try:
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # another simulator is making the cache right now
-                await self.server.init()
-                return
-            build = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+            build = _new_build_folder(root)
             try:
                 # asyncua fills the address space, writes the shelf, and goes on in memory.
                 await self.server.init(build / "aspace")
-                (build / "aspace").touch()  # asyncua looks for this name (dbm.dumb adds suffixes)
-                with contextlib.suppress(OSError):  # lost a race: the cache exists already
-                    os.rename(build, final)
+                _publish_cache(build, Path(root) / ASPACE_CACHE_NAME)
             finally:
                 shutil.rmtree(build, ignore_errors=True)
         finally:
@@ -469,6 +507,8 @@ class OpcuaPlc:
         server.product_uri = "urn:harness:simulator"
         server.manufacturer_name = "harness"
         server.application_type = ua.ApplicationType.Server
+        await server.set_build_info(server.product_uri, server.manufacturer_name, server.name,
+                                    "0.1.0", "0", dt.datetime.now(dt.UTC))
         iserver.certificate = certs.server_cert
         iserver.private_key = certs.server_key
         self.trust = TrustList([certs.ca_cert])
@@ -619,7 +659,11 @@ class OpcuaPlc:
         :raises StartupError: when the server cannot start.
         """
         await self._init_address_space()
-        certs = await asyncio.wrap_future(certs_future)
+        try:
+            certs = await asyncio.wrap_future(certs_future)
+        except OSError as exc:
+            raise StartupError(f"cannot write certificates into {self.args.state_dir}: "
+                               f"{exc}") from exc
         await self._configure(certs)
         if stop.is_set():
             return 0

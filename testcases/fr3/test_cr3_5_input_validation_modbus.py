@@ -123,7 +123,7 @@ def _malformed_frames(unit: int, health: int, own_units: set[int]) -> list[tuple
 
 @pytest.mark.protocol("modbus_tcp")
 @pytest.mark.weakness("modbus.crash_on_malformed")
-@pytest.mark.disruptive(traffic="8 to 9 malformed or misaddressed MBAP frames, one per "
+@pytest.mark.disruptive(traffic="8 malformed or misaddressed MBAP frames, one per "
                                 "connection, each followed by a health read on a new connection")
 def test_modbus_tcp_survives_malformed_mbap(
         modbus_channels: ModbusChannels, device_profile: Profile, evidence: Evidence) -> None:

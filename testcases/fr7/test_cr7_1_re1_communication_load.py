@@ -41,7 +41,7 @@ def _step_at(steps: list[LoadResult], t: float) -> int:
 
 @pytest.mark.protocol("modbus_tcp")
 @pytest.mark.weakness("load.fragile")
-@pytest.mark.disruptive(traffic="Modbus/TCP reads ramping from {max_request_rate:g}/16 to "
+@pytest.mark.disruptive(traffic="Modbus/TCP reads ramping from 1/16 of {max_request_rate:g} up to "
                                 "{max_request_rate:g} requests/s in 5 steps, at most "
                                 "{max_load_duration_s:g} s in all")
 def test_modbus_load_ramp(load: LoadKit, monitor: EssentialMonitor, evidence: Evidence) -> None:

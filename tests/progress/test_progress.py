@@ -37,9 +37,23 @@ def profile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def command(profile: Path) -> list[str]:
     return [
-        sys.executable, "-m", "pytest", str(CHECKS), "-q", "-p", "harness.plugin",
-        "-p", "no:cacheprovider", "--profile", str(profile), "-o", "python_files=check_*.py",
-        "-o", "console_output_style=classic", "--rootdir", str(HERE),
+        sys.executable,
+        "-m",
+        "pytest",
+        str(CHECKS),
+        "-q",
+        "-p",
+        "harness.plugin",
+        "-p",
+        "no:cacheprovider",
+        "--profile",
+        str(profile),
+        "-o",
+        "python_files=check_*.py",
+        "-o",
+        "console_output_style=classic",
+        "--rootdir",
+        str(HERE),
     ]
 
 
@@ -54,7 +68,10 @@ def run_on_pty(profile: Path, **extra: str) -> bytes:
     master, slave = pty.openpty()
     try:
         proc = subprocess.Popen(
-            command(profile), stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+            command(profile),
+            stdin=subprocess.DEVNULL,
+            stdout=slave,
+            stderr=slave,
             env=environment(**extra),
         )
         os.close(slave)
@@ -140,7 +157,11 @@ def test_quiet_under_ci(profile: Path, extra: dict[str, str]) -> None:
 
 def test_quiet_when_not_a_terminal(profile: Path) -> None:
     proc = subprocess.run(
-        command(profile), capture_output=True, text=True, env=environment(), timeout=60,
+        command(profile),
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=60,
         check=False,
     )
     assert "2 passed" in proc.stdout, proc.stdout + proc.stderr
@@ -151,4 +172,4 @@ def test_update_without_a_session_is_a_no_op() -> None:
     from harness import progress
 
     progress.update(rate=1.0, latency_ms=2.0)  # nothing registered in this process
-    assert progress._current is None
+    assert progress._Slot.current is None

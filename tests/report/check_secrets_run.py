@@ -28,8 +28,9 @@ def spill(evidence: Evidence, value: str) -> None:
     evidence.received("ssh://127.0.0.1:22", f"hello {value}".encode(), f"echo {value}")
     evidence.note(f"tried {value}", password=value, nested={"list": [value]})
     evidence.attach("transcript.txt", f"$ login\nPassword: {value}\nWelcome\n")
-    evidence.timeline("monitor", [{"t": 0.0, "ok": 1, "latency_ms": 3.0, "phase": "load",
-                                   "note": value}])
+    evidence.timeline(
+        "monitor", [{"t": 0.0, "ok": 1, "latency_ms": 3.0, "phase": "load", "note": value}]
+    )
     recorder = LastInputs("modbus_tcp", "127.0.0.1:502")
     recorder.add(f"PASS {value}".encode(), note="the frame with the password")
     evidence.attach("last_inputs.json", recorder.to_json(monitor={"detail": value}))

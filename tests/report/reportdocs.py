@@ -60,8 +60,12 @@ def monitor_rows(*, outage: bool = False) -> list[dict[str, Any]]:
         ok = not (outage and 2.0 <= t < 2.4)
         latency = (4.0 + (i % 7) * 0.3) * (3.0 if phase == "load" else 1.0)
         rows.append(
-            {"t": round(t, 3), "ok": int(ok), "latency_ms": round(latency, 2) if ok else "",
-             "phase": phase}
+            {
+                "t": round(t, 3),
+                "ok": int(ok),
+                "latency_ms": round(latency, 2) if ok else "",
+                "phase": phase,
+            }
         )
     return rows
 
@@ -86,10 +90,16 @@ def make_run(
         nodeid = f"testcases/{str(req.fr).lower()}/test_x.py::{name}"
         ev = Evidence(nodeid)
         if verdict in (Verdict.PASS, Verdict.FAIL, Verdict.ERROR):
-            ev.sent("modbus://127.0.0.1:5020", b"\x00\x01\x00\x00\x00\x06\x01\x03\x00\x00\x00\x01",
-                    "read holding register 0")
-            ev.received("modbus://127.0.0.1:5020", b"\x00\x01\x00\x00\x00\x05\x01\x03\x02\x00\x2a",
-                        "FC 3 normal response")
+            ev.sent(
+                "modbus://127.0.0.1:5020",
+                b"\x00\x01\x00\x00\x00\x06\x01\x03\x00\x00\x00\x01",
+                "read holding register 0",
+            )
+            ev.received(
+                "modbus://127.0.0.1:5020",
+                b"\x00\x01\x00\x00\x00\x05\x01\x03\x02\x00\x2a",
+                "FC 3 normal response",
+            )
             ev.note("judgement", observed=42)
         if name == "test_flood":
             ev.timeline("monitor", monitor_rows(outage=outage))

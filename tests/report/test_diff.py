@@ -56,8 +56,9 @@ def names(changes: list[Any]) -> list[str]:
 
 def test_diff_lists_failures_fixes_and_sl_changes(runs: Any) -> None:
     a, b = runs
-    d = diff_results(json.loads((a / "results.json").read_text()),
-                     json.loads((b / "results.json").read_text()))
+    d = diff_results(
+        json.loads((a / "results.json").read_text()), json.loads((b / "results.json").read_text())
+    )
     assert d.same_device and d.profile_changed
     assert d.old_device["firmware"] == "1.0" and d.new_device["firmware"] == "2.0"
     assert names(d.new_failures) == ["test_privileges", "test_session_lock"]

@@ -13,11 +13,13 @@ import pytest
 from reportdocs import PROFILE, make_run_folder, monitor_rows
 
 from harness.report.html import (
+    Window,
     load_timelines,
     parse_timeline,
     phase_stats,
     render_html,
     render_html_safe,
+    svg_timeline,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -147,7 +149,7 @@ def test_phase_stats_and_window_sources(tmp_path: Path) -> None:
         f"{r['t']},{r['ok']},{r['latency_ms']},{r['phase']}\n" for r in rows
     )
     tl = parse_timeline("monitor.csv", text)
-    assert tl.window == (1.0, 2.98) and tl.window_source == "phase column"
+    assert tl.windows == [Window(1.0, 2.98, "load")] and tl.window_source == "phase column"
     stats = {s["phase"]: s for s in phase_stats(tl)}
     assert stats["before"]["availability"] == 100.0
     assert stats["load"]["availability"] == 80.0  # 20 of 100 samples unanswered
@@ -164,10 +166,37 @@ def test_phase_stats_and_window_sources(tmp_path: Path) -> None:
         "observations": [{"kind": "note", "data": {"load_window": [0.5, 1.5]}}],
     }
     [tl] = load_timelines(check, tmp_path)
-    assert tl.window == (0.5, 1.5) and tl.window_source == "note"
+    assert tl.windows == [Window(0.5, 1.5)] and tl.window_source == "note"
     (ev / "load_window.json").write_text(json.dumps({"start": 1.0, "end": 2.0}))
     [tl] = load_timelines(check, tmp_path)
-    assert tl.window == (1.0, 2.0) and tl.window_source == "load_window.json"
+    assert tl.windows == [Window(1.0, 2.0)] and tl.window_source == "load_window.json"
+
+
+def test_the_monitors_own_phase_labels(tmp_path: Path) -> None:
+    """harness.load.monitor.timeline_rows: baseline, load:KIND, after:KIND, several loads, a
+    ``probe`` column per essential function."""
+    rows = ["t,phase,probe,ok,latency_ms,value,stall_ms,error"]
+    phases = [
+        (0, "baseline"),
+        (10, "load:modbus_flood"),
+        (20, "after:modbus_flood"),
+        (30, "malformed"),
+        (35, "after-malformed"),
+    ]
+    for i in range(40):
+        phase = [p for start, p in phases if i >= start][-1]
+        for probe in ("heartbeat", "tcp"):
+            ok = not (probe == "tcp" and 12 <= i < 15)
+            rows.append(f"{i / 10},{phase},{probe},{int(ok)},{'3.5' if ok else ''},,,")
+    tl = parse_timeline("monitor.csv", "\n".join(rows) + "\n")
+    assert tl.windows == [Window(1.0, 1.9, "load:modbus_flood"), Window(3.0, 3.4, "malformed")]
+    stats = {s["phase"]: s for s in phase_stats(tl)}
+    assert stats["before"]["samples"] == 20 and stats["after"]["samples"] == 30
+    assert stats["load"]["samples"] == 30 and stats["load"]["availability"] == 90.0
+    svg = svg_timeline(tl)
+    assert svg.count('class="load-window"') == 2 and "load:modbus_flood" in svg
+    assert svg.count('class="latency"') == 3  # heartbeat, and tcp broken by its outage
+    assert "heartbeat" in svg and "tcp" in svg  # one legend entry per probe
 
 
 def hostile_results(results: dict[str, Any]) -> dict[str, Any]:
@@ -202,7 +231,7 @@ def test_hostile_strings_are_escaped(folder: Any) -> None:
     assert "&lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt;" in page
     hrefs = [str(a["href"]) for t, a in doc.tags if t == "a"]
     assert not any(h.startswith(("javascript:", "https:", "../")) for h in hrefs)
-    assert 'evidence/a%22onclick%3D%22x.jsonl' in hrefs  # quoted, stays one attribute
+    assert "evidence/a%22onclick%3D%22x.jsonl" in hrefs  # quoted, stays one attribute
 
 
 def test_no_external_assets(folder: Any) -> None:

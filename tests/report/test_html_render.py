@@ -24,9 +24,7 @@ from harness.report.html import load_timelines, svg_timeline
 
 pytestmark = pytest.mark.timeout(120)
 
-CHROMIUM = next(
-    (p for p in (shutil.which(n) for n in ("chromium", "chromium-browser")) if p), None
-)
+CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser")) if p), None)
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"
 )

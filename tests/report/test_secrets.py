@@ -5,11 +5,9 @@ from __future__ import annotations
 import html
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,11 +31,9 @@ accounts:
 
 
 @pytest.fixture(scope="module")
-def device_port() -> Iterator[int]:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        yield listener.getsockname()[1]
+def device_port(fake_modbus_port: int) -> int:
+    """The fake device (tests/conftest.py) answers the health probe's Modbus read."""
+    return fake_modbus_port
 
 
 def encodings(secret: str) -> dict[str, bytes]:
@@ -66,10 +62,29 @@ def run_folder(tmp_path_factory: pytest.TempPathFactory, device_port: int) -> tu
         "CI": "true",
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(CHECKS), "-p", "harness.plugin",
-         "-p", "no:cacheprovider", "--profile", str(profile), "--harness-out", str(out),
-         "-o", "python_files=check_*.py", "--rootdir", str(HERE)],
-        capture_output=True, text=True, env=env, timeout=100, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(CHECKS),
+            "-p",
+            "harness.plugin",
+            "-p",
+            "no:cacheprovider",
+            "--profile",
+            str(profile),
+            "--harness-out",
+            str(out),
+            "-o",
+            "python_files=check_*.py",
+            "--rootdir",
+            str(HERE),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=100,
+        check=False,
     )
     assert (out / "manifest.json").exists(), proc.stdout + proc.stderr
     return out, proc.stdout + proc.stderr

@@ -262,27 +262,32 @@ def test_garbage(hostile: Any) -> None:
 # -- lying lengths ----------------------------------------------------------------------------
 def test_lying_mbap_lengths(hostile: Any) -> None:
     event = hostile("hostile.lying_length")
-    # the variant is the transaction id modulo 5; a fresh connection for each
+    # the variant is the transaction id modulo 6; a fresh connection for each
     with connect(event, "modbus") as sock:  # 0: says 100 bytes more than it sends
-        sock.sendall(read_request(10))
+        sock.sendall(read_request(6))
         header = read_exact(sock, 7)
         length = struct.unpack(">H", header[4:6])[0]
         body = read_some(sock, 1024)
         assert length == len(body) + 1 + 100 and silent(sock)
     with connect(event, "modbus") as sock:  # 1: says 2, sends the whole PDU
-        sock.sendall(read_request(11))
+        sock.sendall(read_request(7))
         data = read_some(sock, 1024)
         assert struct.unpack(">H", data[4:6])[0] == 2 and len(data) > 6 + 2
     with connect(event, "modbus") as sock:  # 2: a correct reply plus trailing bytes
-        sock.sendall(read_request(12))
+        sock.sendall(read_request(8))
         data = read_some(sock, 1024)
         length = struct.unpack(">H", data[4:6])[0]
         assert data[6:9] == b"\x01\x03\x04" and len(data) == 6 + length + 16
-    for tid, claimed in ((13, 0xFFFF), (14, 0)):
+    for tid, claimed in ((9, 0xFFFF), (10, 0)):
         with connect(event, "modbus") as sock:
             sock.sendall(read_request(tid))
             data = read_some(sock, 1024)
             assert struct.unpack(">H", data[4:6])[0] == claimed and len(data) < 6 + 0xFFFF
+    with connect(event, "modbus") as sock:  # 5: a true MBAP length, a lying byte count
+        sock.sendall(read_request(11))
+        data = read_some(sock, 1024)
+        length = struct.unpack(">H", data[4:6])[0]
+        assert len(data) == 6 + length and data[6:9] == b"\x01\x03\xfa" and len(data) - 9 == 4
 
 
 def test_lying_opcua_sizes(hostile: Any) -> None:

@@ -418,12 +418,17 @@ def test_unprotected_writes_opens_the_protected_ranges(start_simulator: Any) -> 
     assert coils.bits[:2] == [True, False]
 
 
-def test_unprotected_writes_alone_keeps_plain_tcp_read_only(start_simulator: Any) -> None:
+def test_unprotected_writes_opens_only_the_protected_ranges_on_plain_tcp(
+    start_simulator: Any,
+) -> None:
     event = start_simulator("modbus_tcp", "--weakness", "modbus.unprotected_writes")
     raw = Raw(endpoint(event))
     try:
-        assert raw.request(struct.pack(">BHH", 6, 201, 1)) == exc(6, 1)
-        assert raw.read_registers(201) == [4001]
+        # the configuration range takes the write even on the read-only channel ...
+        assert raw.request(struct.pack(">BHH", 6, 201, 77)) == struct.pack(">BHH", 6, 201, 77)
+        assert raw.read_registers(201) == [77]
+        # ... while every other write is still refused there
+        assert raw.request(struct.pack(">BHH", 6, 100, 1)) == exc(6, 1)
     finally:
         raw.close()
 

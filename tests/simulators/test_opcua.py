@@ -1,10 +1,10 @@
 """OPC UA simulator: hardened behaviour and each weakness, seen through the asyncua client.
 
-One hardened server, one server per single weakness and one ``--posture weak`` server are
-started in parallel (each needs ~2 s of CPU to build asyncua's address space, so starting them
-one by one would take most of a minute). The same probe, a fixed list of observations made with
-the asyncua client, runs against every server; each weakness must change exactly the
-observations it names and nothing else. Client certificates are minted here with cryptography.
+One hardened server starts first (it makes the address-space cache), then one server per
+single weakness and one ``--posture weak`` server start in parallel from that cache. The same
+probe, a fixed list of observations made with the asyncua client, runs against every server;
+each weakness must change exactly the observations it names and nothing else. Client
+certificates are minted here with cryptography.
 """
 
 from __future__ import annotations
@@ -577,6 +577,21 @@ def test_lockout_refuses_right_password_then_expires(hardened: dict[str, Any]) -
         await asyncio.sleep(CONFIG["lockout_duration_s"] + 0.3)
         assert await login(hardened, LOCKTEST) == "Good"
     asyncio.run(check())
+
+
+def test_address_space_cache_is_private(fleet: Fleet, tmp_path: Path) -> None:
+    from simulators.opcua_sim.server import ASPACE_CACHE_NAME, cache_is_private
+
+    made = fleet.log_dir / "cache" / ASPACE_CACHE_NAME
+    assert (made / "aspace").is_file()
+    assert made.stat().st_mode & 0o077 == 0
+    assert cache_is_private(made)
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o700)
+    (loose / "aspace").touch(mode=0o644)
+    assert cache_is_private(loose)
+    (loose / "aspace").chmod(0o666)  # anyone could plant a pickle: never load it
+    assert not cache_is_private(loose)
 
 
 def test_taken_port_exits_2(start_simulator: Any, hardened: dict[str, Any]) -> None:

@@ -1,0 +1,385 @@
+"""The load generators stay inside their caps, stop by themselves and stop at once on abort.
+
+Caps are checked where they matter: on what the (test) device *received*, per one-second window.
+"""
+
+from __future__ import annotations
+
+import random
+import select
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import harness.load as load_mod
+from harness.errors import SafetyViolation, TargetError
+from harness.load import LoadCaps, Pacer, StopFlag
+from harness.load.connflood import connect_storm, hold_connections, opcua_hello
+from harness.load.modbus_flood import modbus_flood, probe_pipelining, ramp_rates
+from harness.load.portscan import tcp_connect_scan, udp_probe
+from harness.safety import Guard
+
+pytestmark = pytest.mark.timeout(90)
+
+LOOPBACK = Guard(["127.0.0.1"])
+#: Linux's SO_TIMESTAMPNS (Python's socket module does not name it).
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+root_only = pytest.mark.skipif(not load_mod.is_root(), reason="raw sockets need root")
+
+
+def max_in_window(times: list[float], window: float = 1.0) -> int:
+    """The most events in any ``window``-second interval."""
+    ordered = sorted(times)
+    best = j = 0
+    for i, t in enumerate(ordered):
+        while ordered[j] <= t - window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def _settle(get: Callable[[], int], target: int, timeout: float = 3.0) -> int:
+    """Wait (bounded) until a server-side count reaches ``target``; return the count."""
+    end = time.monotonic() + timeout
+    while get() < target and time.monotonic() < end:
+        time.sleep(0.01)
+    return get()
+
+
+# --------------------------------------------------------------------------- primitives
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(("rate", "seed"), [(5.0, 1), (50.0, 2), (1000.0, 3), (12345.0, 4)])
+def test_pacer_never_grants_more_than_rate_in_any_second(rate: float, seed: int) -> None:
+    clock = FakeClock()
+    pacer = Pacer(rate, clock=clock.monotonic)
+    rng = random.Random(seed)  # noqa: S311 - reproducible schedule
+    grants: list[float] = []
+    for _ in range(20000):
+        clock.now += rng.choice([0.0, 0.0001, 0.001, 0.01, 0.2])
+        n = pacer.take(rng.choice([1, 8, 64, 100000]))
+        grants += [clock.now] * n
+    assert grants, "the pacer never granted anything"
+    assert max_in_window(grants) <= int(rate)
+
+
+@pytest.mark.parametrize("rate", [5.0, 1000.0, 50000.0])
+def test_pacer_polled_often_delivers_its_rate(rate: float) -> None:
+    clock = FakeClock()
+    pacer = Pacer(rate, clock=clock.monotonic)
+    granted = 0
+    for _ in range(10000):  # 10 s of polling every millisecond, always wanting more
+        clock.now += 0.001
+        granted += pacer.take(1 << 30)
+    assert rate * 10 * 0.95 <= granted <= rate * 10
+
+
+def test_pacer_wait_is_zero_only_when_a_grant_is_possible() -> None:
+    clock = FakeClock()
+    pacer = Pacer(10.0, clock=clock.monotonic)
+    assert pacer.wait_s() > 0 and pacer.take(1) == 0  # starts empty
+    clock.now += pacer.wait_s()
+    assert pacer.take(1) == 1
+
+
+def test_caps_refuse_values_above_the_profile() -> None:
+    caps = LoadCaps(request_rate=100, connection_rate=10, packet_rate=1000, connections=4,
+                    duration_s=2)
+    caps.check(request_rate=100, duration_s=2, connections=4)
+    with pytest.raises(SafetyViolation, match="request_rate=101 is above the profile's cap 100"):
+        caps.check(request_rate=101)
+    with pytest.raises(SafetyViolation, match="duration_s"):
+        caps.check(duration_s=2.5)
+    with pytest.raises(ValueError, match="must be > 0"):
+        caps.check(connections=0)
+
+
+def test_stop_flag_is_shared_between_processes() -> None:
+    flag = StopFlag()
+    try:
+        code = ("import sys; from pathlib import Path; from harness.load import StopFlag; "
+                "f = StopFlag(Path(sys.argv[1])); f.set(); f.close()")
+        subprocess.run([sys.executable, "-c", code, str(flag.path)], check=True, timeout=30)
+        assert flag.is_set()
+        assert flag.path.exists()
+    finally:
+        flag.close()
+    assert not flag.path.exists()
+
+
+def test_ramp_rates_end_at_the_cap() -> None:
+    assert ramp_rates(1600, 5) == [100, 200, 400, 800, 1600]
+
+
+# --------------------------------------------------------------------------- Modbus flood
+def test_modbus_flood_never_exceeds_its_rate_at_the_device(fake_plc: Callable[..., Any]) -> None:
+    plc = fake_plc()
+    cap, conns, depth = 300.0, 2, 4
+    result = modbus_flood("127.0.0.1", plc.port, guard=LOOPBACK, rate=cap, duration_s=2.2,
+                          connections=conns, in_flight=depth, connection_rate=50)
+    received = _settle(lambda: len(plc.requests), result.sent)
+    assert received == result.sent > 0
+    assert result.answered == result.sent and result.errors == 0
+    # at most what was still in flight can bunch up at the device beyond the sender's window
+    assert max_in_window(plc.requests) <= cap + conns * depth
+    assert result.stop_reason == "duration"
+    assert result.details["connections_opened"] == conns
+
+
+def test_modbus_flood_stops_at_its_duration(fake_plc: Callable[..., Any]) -> None:
+    plc = fake_plc()
+    result = modbus_flood("127.0.0.1", plc.port, guard=LOOPBACK, rate=1e6, duration_s=0.5,
+                          connections=2, in_flight=16)
+    assert result.stop_reason == "duration"
+    assert result.duration_s <= 0.5 + 0.5  # the deadline plus at most a loop step and slack
+    assert result.sent > 0
+
+
+def test_modbus_flood_stops_at_once_on_abort(fake_plc: Callable[..., Any]) -> None:
+    plc = fake_plc()
+    flag = StopFlag()
+    tripped: list[float] = []
+
+    def trip() -> None:
+        while len(plc.requests) < 200:
+            time.sleep(0.001)
+        flag.set()
+        tripped.append(time.monotonic())
+
+    th = threading.Thread(target=trip, daemon=True)
+    th.start()
+    try:
+        result = modbus_flood("127.0.0.1", plc.port, guard=LOOPBACK, rate=2000, duration_s=5.0,
+                              connections=2, in_flight=8, stop=flag)
+    finally:
+        flag.close()
+    th.join(timeout=5)
+    assert result.stop_reason == "abort"
+    assert result.duration_s < 5.0
+    time.sleep(0.2)
+    late = [t for t in plc.requests if t > tripped[0]]
+    assert len(late) <= 2 * 2 * 8  # what was in flight, plus at most one more window
+
+
+def test_flood_with_the_flag_already_set_sends_nothing(fake_plc: Callable[..., Any]) -> None:
+    plc = fake_plc()
+    flag = StopFlag()
+    flag.set()
+    try:
+        result = modbus_flood("127.0.0.1", plc.port, guard=LOOPBACK, rate=100, duration_s=1.0,
+                              connections=1, in_flight=4, stop=flag)
+    finally:
+        flag.close()
+    assert result.sent == 0 and result.stop_reason == "abort"
+    assert plc.requests == []
+
+
+def test_pipelining_probe_and_strict_fallback(fake_plc: Callable[..., Any]) -> None:
+    strict = fake_plc(pipelining=False)
+    piped = fake_plc()
+    assert probe_pipelining("127.0.0.1", piped.port, guard=LOOPBACK) is True
+    assert probe_pipelining("127.0.0.1", strict.port, guard=LOOPBACK) is False
+    result = modbus_flood("127.0.0.1", strict.port, guard=LOOPBACK, rate=200, duration_s=0.5,
+                          connections=1, in_flight="auto")
+    assert result.details["pipelining"] is False and result.details["in_flight"] == 1
+    assert result.sent > 0 and result.answered == result.sent and result.errors == 0
+
+
+def test_mute_device_is_a_target_error_for_the_probe(fake_plc: Callable[..., Any]) -> None:
+    plc = fake_plc()
+    plc.muted = True
+    with pytest.raises(TargetError, match="no answer"):
+        probe_pipelining("127.0.0.1", plc.port, guard=LOOPBACK, timeout_s=0.3)
+
+
+def test_generators_ask_the_guard_first(fake_plc: Callable[..., Any]) -> None:
+    plc = fake_plc()
+    elsewhere = Guard(["10.99.0.0/16"])
+    with pytest.raises(SafetyViolation):
+        modbus_flood("127.0.0.1", plc.port, guard=elsewhere, rate=10, duration_s=0.2,
+                     in_flight=1)
+    with pytest.raises(SafetyViolation):
+        connect_storm("127.0.0.1", plc.port, guard=elsewhere, rate=10, duration_s=0.2)
+    with pytest.raises(SafetyViolation):
+        tcp_connect_scan("127.0.0.1", [plc.port], guard=elsewhere, rate=10)
+    time.sleep(0.1)
+    assert plc.accepts == []
+
+
+# --------------------------------------------------------------------------- connections
+def test_connect_storm_never_exceeds_its_rate_at_the_device(
+        fake_plc: Callable[..., Any]) -> None:
+    plc = fake_plc()
+    cap = 80.0
+    result = connect_storm("127.0.0.1", plc.port, guard=LOOPBACK, rate=cap, duration_s=2.2,
+                           close="rst", payload=opcua_hello("opc.tcp://127.0.0.1/x"))
+    accepted = _settle(lambda: len(plc.accepts), result.answered)
+    assert accepted == result.answered == result.sent > 0
+    assert max_in_window(plc.accepts) <= cap + 1
+    assert result.stop_reason == "duration"
+
+
+def test_connect_storm_counts_refusals() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = connect_storm("127.0.0.1", port, guard=LOOPBACK, rate=50, duration_s=0.5)
+    assert result.sent > 0 and result.rejected == result.sent and result.answered == 0
+
+
+def test_hold_connections_sees_the_device_close_extras(fake_plc: Callable[..., Any]) -> None:
+    plc = fake_plc(connection_limit=3)
+    result = hold_connections("127.0.0.1", plc.port, guard=LOOPBACK, count=6,
+                              connection_rate=50, hold_s=1.0, trickle_s=0.2)
+    assert result.answered == 6
+    assert result.disconnects == 3
+    assert result.details["still_open_at_end"] == 3
+    assert result.stop_reason == "duration"
+    assert plc.requests == []  # the partial header never completed a request
+
+
+# --------------------------------------------------------------------------- inventory
+@pytest.fixture
+def udp_echo() -> Iterator[int]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            r, _, _ = select.select([sock], [], [], 0.05)
+            if r:
+                data, addr = sock.recvfrom(2048)
+                sock.sendto(data, addr)
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    yield sock.getsockname()[1]
+    stop.set()
+    th.join(timeout=5)
+    sock.close()
+
+
+def test_tcp_scan_finds_the_listener_and_nothing_else(fake_plc: Callable[..., Any]) -> None:
+    plc = fake_plc()
+    ports = range(max(1, plc.port - 100), min(65535, plc.port + 100))
+    scan = tcp_connect_scan("127.0.0.1", ports, guard=LOOPBACK, rate=2000, window=16)
+    # another process may listen in the range on a shared host; ours must be there
+    assert plc.port in scan.open
+    assert scan.ports_scanned == len(ports) and scan.not_scanned == 0
+    assert scan.closed + len(scan.open) + len(scan.filtered) == len(ports)
+    assert scan.stop_reason == "complete"
+
+
+def test_udp_probe_tells_open_closed_and_silent(udp_echo: int) -> None:
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    try:
+        states = udp_probe("127.0.0.1", [udp_echo, silent.getsockname()[1], closed_port],
+                           guard=LOOPBACK, rate=100, timeout_s=0.5)
+    finally:
+        silent.close()
+    assert states[udp_echo] == "open"
+    assert states[closed_port] == "closed"
+    assert set(states.values()) == {"open", "closed", "open|filtered"}
+
+
+# --------------------------------------------------------------------------- raw sockets
+def _syn_counter(port: int, stop: threading.Event, out: list[float]) -> None:
+    """Count SYNs to ``port`` arriving on lo, with the kernel's receive timestamps."""
+    sniff = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+    sniff.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    sniff.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    sniff.bind(("lo", 0))
+    sniff.settimeout(0.05)
+    try:
+        while not stop.is_set():
+            try:
+                data, anc, _flags, addr = sniff.recvmsg(128, 64)
+            except TimeoutError:
+                continue
+            stamp = next((struct.unpack("qq", d[:16]) for lvl, typ, d in anc
+                          if lvl == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS), None)
+            if stamp is None:
+                continue
+            if addr[2] != socket.PACKET_HOST or len(data) < 40 or data[9] != 6:
+                continue
+            ihl = (data[0] & 0x0F) * 4
+            dport, flags = struct.unpack_from(">H", data, ihl + 2)[0], data[ihl + 13]
+            if dport == port and flags & 0x3F == 0x02:
+                out.append(stamp[0] + stamp[1] / 1e9)
+    finally:
+        sniff.close()
+
+
+@root_only
+def test_syn_flood_never_exceeds_its_rate_on_the_wire() -> None:
+    from harness.load.netflood import syn_flood
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    seen: list[float] = []
+    stop = threading.Event()
+    th = threading.Thread(target=_syn_counter, args=(port, stop, seen), daemon=True)
+    th.start()
+    time.sleep(0.1)
+    try:
+        cap = 1500.0
+        result = syn_flood("127.0.0.1", port, guard=LOOPBACK, rate=cap, duration_s=1.6)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        th.join(timeout=5)
+        listener.close()
+    assert result.sent > 0 and result.stop_reason == "duration"
+    assert 0 < len(seen) <= result.sent
+    assert max_in_window(seen) <= cap + 1
+
+
+@root_only
+def test_malformed_packets_are_all_sendable_and_named() -> None:
+    from harness.load.netflood import RawSender, malformed_packets
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    try:
+        packets = malformed_packets("127.0.0.1", port)
+        names = [n for n, _ in packets]
+        assert len(names) == len(set(names)) >= 15
+        assert {"land", "bad_tcp_checksum", "syn_fin", "overlapping_fragment_1"} <= set(names)
+        with RawSender(LOOPBACK, "127.0.0.1") as sender:
+            for _name, pkt in packets:
+                sender.send_one(pkt)
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass  # the local stack still accepts a normal connection
+    finally:
+        listener.close()
+
+
+@root_only
+def test_raw_sender_asks_the_guard() -> None:
+    from harness.load.netflood import RawSender
+
+    with pytest.raises(SafetyViolation):
+        RawSender(Guard(["10.99.0.0/16"]), "127.0.0.1")

@@ -1,0 +1,228 @@
+"""The essential-function monitor: the judgement over samples, and the monitor process itself."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.load.monitor import (
+    MonitorConfig,
+    MonitorProcess,
+    ProbeSpec,
+    Sample,
+    figures,
+    judge,
+    recovery_time,
+    timeline_rows,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+HB = "hb"
+
+
+def _series(pattern: str, start: float = 100.0, period: float = 0.02,
+            probe: str = HB) -> list[Sample]:
+    """Samples from a pattern: ``o`` ok, ``s`` stalled, ``x`` timeout."""
+    out = []
+    for i, c in enumerate(pattern):
+        t = start + i * period
+        if c == "o":
+            out.append(Sample(t, probe, True, 1.0, i, 0.0, ""))
+        elif c == "s":
+            out.append(Sample(t, probe, False, 1.0, 7, 600.0 + i, f"stalled {600 + i} ms"))
+        else:
+            out.append(Sample(t, probe, False, 500.0, None, None, "timeout"))
+    return out
+
+
+# --------------------------------------------------------------------------- judgement
+def test_figures_count_failures_runs_and_error_kinds() -> None:
+    samples = _series("ooosssxxoo")
+    fig = figures(samples, HB, 100.0, 101.0)
+    assert (fig.samples, fig.failed, fig.max_consecutive_failed) == (10, 5, 5)
+    assert fig.errors == {"stalled": 3, "timeout": 2}
+    assert fig.max_stall_ms >= 605.0
+    assert fig.latency_max_ms == 500.0
+
+
+def test_figures_only_count_the_window_and_the_probe() -> None:
+    samples = _series("xxoooo") + _series("xxxx", probe="other")
+    fig = figures(samples, HB, 100.0 + 2 * 0.02, 101.0)
+    assert (fig.samples, fig.failed) == (4, 0)
+
+
+def test_judge_passes_a_clean_load_with_zero_recovery() -> None:
+    samples = _series("o" * 60)
+    verdict = judge(samples, [HB], load_start=100.2, load_end=100.8, recovery_wait_s=1.0)
+    assert verdict.ok
+    assert verdict.within_bounds and verdict.recovered
+    assert verdict.recovery_s == 0.0
+    assert verdict.problems == []
+
+
+def test_judge_fails_a_stall_during_the_load_and_measures_the_recovery() -> None:
+    # load from sample 10 to 30; stalled 15..39; ok again from 40 on
+    samples = _series("o" * 15 + "s" * 25 + "o" * 20)
+    verdict = judge(samples, [HB], load_start=100.0 + 10 * 0.02, load_end=100.0 + 30 * 0.02,
+                    recovery_wait_s=1.0)
+    assert not verdict.within_bounds
+    assert verdict.recovered
+    assert verdict.recovery_s == pytest.approx(0.2, abs=1e-6)
+    assert any("out of bounds during the load" in p for p in verdict.problems)
+
+
+def test_judge_fails_a_late_recovery() -> None:
+    samples = _series("o" * 10 + "x" * 50 + "o" * 20)
+    verdict = judge(samples, [HB], load_start=100.0, load_end=100.0 + 10 * 0.02,
+                    recovery_wait_s=0.5)
+    assert not verdict.recovered
+    assert verdict.recovery_s == pytest.approx(1.0, abs=1e-6)
+    assert any("recovered only after" in p for p in verdict.problems)
+
+
+def test_recovery_needs_settled_samples_on_every_probe() -> None:
+    samples = _series("xxxooo") + _series("o" * 20, probe="b")
+    assert recovery_time(samples, [HB, "b"], 100.0, settle=5) is None
+    samples += _series("o" * 10, start=100.0 + 6 * 0.02)
+    assert recovery_time(samples, [HB, "b"], 100.0, settle=5) == pytest.approx(0.06, abs=1e-6)
+
+
+def test_judge_reports_a_probe_without_samples_and_the_abort() -> None:
+    verdict = judge(_series("oooo"), [HB, "silent"], load_start=100.0, load_end=100.1,
+                    recovery_wait_s=1.0, abort_reason="hb: 25 failed samples")
+    assert not verdict.ok
+    assert any("silent: no sample during the load" in p for p in verdict.problems)
+    assert any("aborted by the monitor" in p for p in verdict.problems)
+
+
+def test_timeline_rows_carry_phases_from_marks() -> None:
+    rows = timeline_rows(_series("oooo"), 100.0, [("load", 100.02), ("after", 100.05)])
+    assert [r["phase"] for r in rows] == ["baseline", "load", "load", "after"]
+    assert rows[1]["t"] == pytest.approx(0.02)
+
+
+def test_config_round_trips_and_refuses_nonsense() -> None:
+    cfg = MonitorConfig([ProbeSpec("tcp_connect", "x", "127.0.0.1", 1, 100.0)], ["127.0.0.1"])
+    assert MonitorConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ValueError, match="at least one probe"):
+        MonitorConfig([], ["127.0.0.1"])
+    with pytest.raises(ValueError, match="rate_hz"):
+        MonitorConfig(cfg.probes, ["127.0.0.1"], rate_hz=0.5)
+
+
+# --------------------------------------------------------------------------- the process
+def _heartbeat_config(port: int, **kw: float) -> MonitorConfig:
+    spec = ProbeSpec("modbus_heartbeat", "hb", "127.0.0.1", port, max_latency_ms=200.0,
+                     max_stall_ms=200.0)
+    return MonitorConfig([spec], ["127.0.0.1"], connect_timeout_s=1.0, request_timeout_s=1.0,
+                         **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def run_monitor(tmp_path: Path) -> Iterator[Callable[[MonitorConfig], MonitorProcess]]:
+    started: list[MonitorProcess] = []
+
+    def start(config: MonitorConfig) -> MonitorProcess:
+        proc = MonitorProcess(config, tmp_path / f"m{len(started)}")
+        started.append(proc)
+        proc.start()
+        return proc
+
+    yield start
+    for proc in started:
+        proc.close()
+        assert not proc.running
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_monitor_samples_a_counting_heartbeat(fake_plc: Callable[..., Any],
+                                              run_monitor: Callable[..., MonitorProcess]) -> None:
+    plc = fake_plc()
+    mon = run_monitor(_heartbeat_config(plc.port))
+    _wait_for(lambda: len(mon.poll()) >= 20)
+    samples = mon.poll()
+    assert all(s.ok for s in samples), [s.error for s in samples if not s.ok]
+    values = [s.value for s in samples]
+    assert values == sorted(values)  # int and increasing (no wrap within a second)
+    assert len(set(values)) > 1
+    assert not mon.flag.is_set()
+
+
+def test_stall_fails_samples_and_trips_the_abort(fake_plc: Callable[..., Any],
+                                                 run_monitor: Callable[..., MonitorProcess]
+                                                 ) -> None:
+    plc = fake_plc()
+    mon = run_monitor(_heartbeat_config(plc.port, abort_failed_samples=5, abort_stall_ms=5000))
+    _wait_for(lambda: len(mon.poll()) >= 5)
+    plc.stall()
+    _wait_for(mon.flag.is_set)
+    stalled = [s for s in mon.poll() if s.error.startswith("stalled")]
+    assert stalled and all(s.stall_ms is not None and s.stall_ms > 200 for s in stalled)
+    assert "5 failed samples in a row" in (mon.abort_reason() or "")
+
+
+def test_mute_device_gives_timeouts_and_the_stall_abort(
+        fake_plc: Callable[..., Any], run_monitor: Callable[..., MonitorProcess]) -> None:
+    plc = fake_plc()
+    mon = run_monitor(_heartbeat_config(plc.port, abort_failed_samples=1000,
+                                        abort_stall_ms=600))
+    _wait_for(lambda: len(mon.poll()) >= 5)
+    plc.muted = True
+    _wait_for(mon.flag.is_set)
+    assert any(s.error == "timeout" for s in mon.poll())
+    assert "not ok for" in (mon.abort_reason() or "")
+
+
+def test_lost_connection_is_a_failed_sample_then_reconnects(
+        fake_plc: Callable[..., Any], run_monitor: Callable[..., MonitorProcess]) -> None:
+    plc = fake_plc()
+    mon = run_monitor(_heartbeat_config(plc.port))
+    _wait_for(lambda: len(mon.poll()) >= 5)
+    plc.drop_connections()
+    _wait_for(lambda: any(not s.ok for s in mon.poll()))
+    first_bad = next(s for s in mon.poll() if not s.ok)
+    assert "closed" in first_bad.error or "reset" in first_bad.error
+    _wait_for(lambda: any(s.ok and s.t > first_bad.t for s in mon.poll()))
+    assert len(plc.accepts) >= 2
+
+
+def test_tcp_connect_probe_reports_refused_connections(
+        run_monitor: Callable[..., MonitorProcess]) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = ProbeSpec("tcp_connect", "tcp", "127.0.0.1", port, max_latency_ms=200.0)
+    mon = run_monitor(MonitorConfig([spec], ["127.0.0.1"], connect_timeout_s=1.0))
+    _wait_for(lambda: len(mon.poll()) >= 3)
+    assert all(not s.ok and "refused" in s.error for s in mon.poll())
+    assert not mon.flag.is_set()  # never ok, so the abort was never armed
+
+
+def test_monitor_refuses_a_probe_outside_the_allow_list(tmp_path: Path) -> None:
+    spec = ProbeSpec("tcp_connect", "tcp", "127.0.0.1", 502, max_latency_ms=200.0)
+    proc = MonitorProcess(MonitorConfig([spec], ["10.99.0.0/16"]), tmp_path / "m")
+    with pytest.raises(HarnessError, match="not in the profile's targets"):
+        proc.start(ready_timeout_s=20)
+    assert not proc.running
+
+
+def test_monitor_stops_by_itself_after_its_max_runtime(
+        fake_plc: Callable[..., Any], run_monitor: Callable[..., MonitorProcess]) -> None:
+    plc = fake_plc()
+    mon = run_monitor(_heartbeat_config(plc.port, max_runtime_s=1.0))
+    _wait_for(lambda: not mon.running)
+    assert any(e.get("event") == "stopped" and e.get("reason") == "max_runtime"
+               for e in mon.events)
