@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import ipaddress
 import json
 import os
 import secrets
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness.errors import LabError
 
@@ -78,6 +79,22 @@ class LabDefinition(BaseModel):
     claimed_sl: dict[str, int] = Field(default_factory=lambda: {f"FR{i}": 2 for i in range(1, 8)})
     allow_disruptive: bool = True
     scan_period_ms: float = 10.0
+    #: Loopback address the simulators bind. ``auto`` picks a fresh one in 127.0.0.0/8 per lab,
+    #: so a port scan of the lab device sees only that lab (not every local service).
+    host: str = "auto"
+
+    @field_validator("host")
+    @classmethod
+    def _loopback(cls, v: str) -> str:
+        if v == "auto":
+            return v
+        try:
+            ip = ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IP address") from None
+        if not ip.is_loopback:
+            raise ValueError(f"{v} is not a loopback address: the lab never leaves this machine")
+        return v
 
 
 def load_lab(path_or_name: str) -> LabDefinition:
@@ -187,6 +204,35 @@ def _stop_pids(pids: list[int], timeout_s: float = 5.0) -> None:
                 pass
 
 
+def _pick_loopback() -> str:
+    """A random loopback address other than 127.0.0.1 (Linux answers on all of 127/8)."""
+    while True:
+        a, b, c = (secrets.randbelow(254) + 1 for _ in range(3))
+        if (a, b, c) != (0, 0, 1):
+            return f"127.{a}.{b}.{c}"
+
+
+def wildcard_listeners() -> list[int]:
+    """TCP ports this machine listens on for every address (0.0.0.0 or ::).
+
+    They answer on the lab's loopback address too, although they are not part of the simulated
+    device; the generated profile declares them so a port inventory judges only the lab.
+    """
+    ports: set[int] = set()
+    for table, wildcard in (("/proc/net/tcp", "00000000"), ("/proc/net/tcp6", "0" * 32)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A":  # LISTEN
+                addr, port = fields[1].split(":")
+                if addr == wildcard:
+                    ports.add(int(port, 16))
+    return sorted(ports)
+
+
 def lab_up(lab: LabDefinition, state_dir: Path) -> dict[str, Any]:
     """Start the lab; return its state. On any failure nothing is left running.
 
@@ -210,6 +256,7 @@ def lab_up(lab: LabDefinition, state_dir: Path) -> dict[str, Any]:
     root = str(_simulators_root().parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
+    host = _pick_loopback() if lab.host == "auto" else lab.host
     procs: dict[str, subprocess.Popen[bytes]] = {}
     t0 = time.monotonic()
     try:
@@ -229,6 +276,8 @@ def lab_up(lab: LabDefinition, state_dir: Path) -> dict[str, Any]:
                 str(sim_state),
                 "--scan-period-ms",
                 str(lab.scan_period_ms),
+                "--host",
+                host,
                 "--port",
                 str(lab.ports.get(name, 0)),
             ]
@@ -255,6 +304,7 @@ def lab_up(lab: LabDefinition, state_dir: Path) -> dict[str, Any]:
     state = {
         "lab": lab.model_dump(),
         "state_dir": str(state_dir),
+        "host": host,
         "started_s": round(time.monotonic() - t0, 3),
         "started_at": time.time(),
         "simulators": {name: {"pid": procs[name].pid, **ready[name]} for name in procs},
@@ -410,7 +460,7 @@ def generated_profile(
         },
         "claimed_sl": lab.claimed_sl,
         "interfaces": interfaces,
-        "targets": ["127.0.0.1"],
+        "targets": [state["host"]],
         "accounts": acc_out,
         "points": points,
         "essential_functions": essential,
@@ -430,7 +480,7 @@ def generated_profile(
             "session_limit": pol.session_limit,
             "idle_timeout_s": pol.idle_timeout_s,
             "banner_required": True,
-            "open_ports": open_ports,
+            "open_ports": sorted(set(open_ports) | set(wildcard_listeners())),
             "modbus_function_codes": [1, 2, 3, 4, 5, 6, 15, 16, 22, 23],
             "ssh_auth_methods": ["publickey", "password"],
             "rtu_broadcast": "ignore",

@@ -673,6 +673,17 @@ def load_private_key(text: str, label: str) -> paramiko.PKey:
                      f"({'; '.join(problems)[:300]})")
 
 
+def throwaway_key() -> paramiko.PKey:
+    """A fresh Ed25519 key no device knows (to ask for the method list without a password)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    private = ed25519.Ed25519PrivateKey.generate()
+    text = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                 serialization.NoEncryption()).decode()
+    return load_private_key(text, "throwaway key")
+
+
 @dataclass(frozen=True)
 class HostKey:
     """The host key a key exchange proved."""

@@ -154,10 +154,11 @@ def test_modbus_flood_stops_at_once_on_abort(fake_plc: Callable[..., Any]) -> No
     tripped: list[float] = []
 
     def trip() -> None:
-        while len(plc.requests) < 200:
+        end = time.monotonic() + 10
+        while len(plc.requests) < 200 and time.monotonic() < end:
             time.sleep(0.001)
-        flag.set()
         tripped.append(time.monotonic())
+        flag.set()
 
     th = threading.Thread(target=trip, daemon=True)
     th.start()

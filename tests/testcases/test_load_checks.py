@@ -131,7 +131,7 @@ state = Path(state_dir)
 lab_up(LabDefinition.model_validate(definition), state)
 try:
     prof = yaml.safe_load((state / "profile.yaml").read_text())
-    prof["safety"]["max_packet_rate"] = 20000  # 65535 ports in a few seconds on loopback
+    prof["safety"]["max_packet_rate"] = 10000  # 65535 ports in about 7 s on loopback
     (state / "scan-profile.yaml").write_text(yaml.safe_dump(prof))
     proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--out", out,
                            "--allow-disruptive", "-k", "port_inventory",
