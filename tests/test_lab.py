@@ -79,7 +79,12 @@ def test_taken_port_is_a_clear_error_and_nothing_is_left(tmp_path: Path) -> None
         taken.listen(1)
         port = taken.getsockname()[1]
         lab = LabDefinition.model_validate(
-            {"name": "t", "simulators": ["modbus_tcp", "console"], "ports": {"modbus_tcp": port}}
+            {
+                "name": "t",
+                "simulators": ["modbus_tcp", "console"],
+                "ports": {"modbus_tcp": port},
+                "host": "127.0.0.1",
+            }
         )
         with pytest.raises(LabError, match="simulator modbus_tcp failed to start"):
             lab_up(lab, state)
@@ -165,3 +170,25 @@ def test_cli_lab_round_trip(tmp_path: Path) -> None:
     again = cli("down")
     assert again.returncode == 3
     assert "no lab is running" in again.stderr
+
+
+def test_each_lab_gets_its_own_loopback_address(tmp_path: Path) -> None:
+    lab = LabDefinition.model_validate({"name": "t", "simulators": ["modbus_tcp"]})
+    first = lab_up(lab, tmp_path / "a" / "harness-test-lab")
+    second = lab_up(lab, tmp_path / "b" / "harness-test-lab")
+    try:
+        hosts = {first["host"], second["host"]}
+        assert len(hosts) == 2
+        for state in (first, second):
+            ep = state["simulators"]["modbus_tcp"]["endpoints"]["modbus"]
+            assert ep["host"] == state["host"]
+            profile = load_profile(Path(state["state_dir"]) / "profile.yaml").profile
+            assert profile.allow_list() == [f"{state['host']}/32"]
+    finally:
+        lab_down(tmp_path / "a" / "harness-test-lab")
+        lab_down(tmp_path / "b" / "harness-test-lab")
+
+
+def test_lab_host_must_be_loopback() -> None:
+    with pytest.raises(ValueError, match="not a loopback address"):
+        LabDefinition.model_validate({"name": "t", "host": "192.0.2.1"})
