@@ -303,6 +303,9 @@ def install_stop_handler(on_stop: Callable[[], None]) -> None:
     def handler(signum: int, frame: object) -> None:
         if not fired.is_set():
             fired.set()
+            # a repeated signal while shutting down must not kill us with the default action
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             on_stop()
 
     signal.signal(signal.SIGTERM, handler)
