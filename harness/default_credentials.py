@@ -23,7 +23,7 @@ account, only the first batch is sent and the rest is listed as not tried.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 #: Factory defaults (user, password) seen on OT devices. Bounded on purpose; extend the
@@ -119,3 +119,58 @@ def batches(candidates: Sequence[Candidate], size: int) -> list[list[Candidate]]
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     return [list(candidates[i:i + size]) for i in range(0, len(candidates), size)]
+
+
+@dataclass
+class Outcome:
+    """What :func:`run` found."""
+
+    #: Candidates the device accepted (at most one per user name: the search stops there).
+    accepted: list[Candidate]
+    #: Candidates not sent (no real password to clear the failure count with).
+    not_tried: list[Candidate]
+    #: Candidates sent.
+    attempts: int
+
+
+def run(todo: Plan, *, size: int, can_reset: Callable[[str], bool],
+        attempt: Callable[[Candidate], bool], reset: Callable[[str, bool], None]) -> Outcome:
+    """Try the plan within the lockout rules.
+
+    :param size: wrong passwords in a row per user name (:func:`batch_size`).
+    :param can_reset: whether the real password of a user name is known.
+    :param attempt: one login with a candidate; True when accepted (and logged out again).
+    :param reset: ``reset(user, first)``: one login with the real password, which clears the
+        failure count; ``first`` is the one before any candidate (it may wait out a lockout
+        left by someone else). Raises when refused.
+    """
+    accepted: list[Candidate] = []
+    not_tried: list[Candidate] = []
+    sent = 0
+    for user, candidates in todo.per_user.items():
+        resettable = can_reset(user)
+        if resettable:
+            reset(user, True)
+        chunks = batches(candidates, size) if candidates else []
+        failures = 0
+        for i, chunk in enumerate(chunks):
+            if i > 0:
+                if not resettable:
+                    not_tried.extend(c for rest in chunks[i:] for c in rest)
+                    break
+                reset(user, False)
+                failures = 0
+            hit = None
+            for cand in chunk:
+                sent += 1
+                if attempt(cand):
+                    hit = cand
+                    break
+                failures += 1
+            if hit is not None:
+                accepted.append(hit)
+                failures = 0  # a good login clears the count
+                break
+        if failures and resettable:
+            reset(user, False)
+    return Outcome(accepted, not_tried, sent)

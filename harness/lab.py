@@ -52,7 +52,7 @@ class LabPolicy(BaseModel):
     session_limit: int = Field(default=4, ge=1)
     connection_limit: int = Field(default=8, ge=1)
     fragile_threshold_rps: float = Field(default=150.0, gt=0)
-    fragile_recovery_s: float = Field(default=1.0, ge=0)
+    fragile_recovery_s: float = Field(default=3.0, ge=0)
 
 
 SimulatorName = Literal[
@@ -395,6 +395,8 @@ def generated_profile(
             ("client_cert", "client_cert"),
             ("client_key", "client_key"),
             ("application_uri", "client_application_uri"),
+            ("ca_cert", "ca_cert"),
+            ("ca_key", "ca_key"),
         ):
             if ep.get(src):
                 interfaces["opcua"][key] = ep[src]

@@ -205,7 +205,15 @@ class OpcUa(Strict):
     #: Application instance certificate the device trusts (PEM or DER) and its key.
     client_cert: Path | None = None
     client_key: Path | None = None
+    #: ApplicationUri the client announces (it must match the client certificate's
+    #: SubjectAltName URI).
     application_uri: str | None = None
+    #: CA certificate the device trusts for client application certificates, when the test PKI
+    #: is ours (e.g. a test CA installed on the device for the test).
+    ca_cert: Path | None = None
+    #: That CA's key: lets the harness mint certificates the device would trust but must refuse
+    #: (expired, not yet valid, wrong ApplicationUri). Without it those checks are ERROR.
+    ca_key: Path | None = None
 
     @field_validator("endpoint")
     @classmethod

@@ -35,8 +35,8 @@ connection" below counts the connections a protocol served with that behaviour, 
     what follows, then silence; (1) an MBAP length of 2 followed by the whole reply PDU (bytes
     beyond the announced length); (2) a correct reply followed by 16 trailing bytes; (3) an MBAP
     length of 0xFFFF; (4) an MBAP length of 0; (5) a true MBAP length around a read reply whose
-    byte count says 250 (or, for a request that is not a read, an exception PDU with 8 extra
-    bytes inside the announced length). OPC UA, by connection (alternating): (even) an
+    byte count says 250 (for any other request, its reply PDU with 8 extra bytes inside the
+    announced length). OPC UA, by connection (alternating): (even) an
     ``ACKF`` declaring a message size of 2^31-1 bytes, 20 bytes of it, then silence; (odd) an
     ACK whose buffer and message sizes are 2^31-1, and after the next message an ``OPNF``
     declaring 2^31-1 bytes, 16 of them, then silence. SSH, by connection: a version line, then a

@@ -31,6 +31,7 @@ Every loop that sends traffic here is bounded three ways: a deadline (at most th
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import tempfile
@@ -171,7 +172,10 @@ class Pacer:
 
     Two limits apply together: a token bucket refilled at ``rate`` per second holding at most
     ``burst`` tokens (smoothness; it starts empty), and a sliding one-second window whose
-    total never exceeds ``floor(rate)`` (the hard guarantee, whatever the scheduling jitter).
+    total never exceeds ``floor(rate)`` minus one burst (the hard guarantee). The burst held
+    back covers the one case the window cannot see: a sender preempted between a grant and its
+    sends, whose batch then lands later than it was counted; so even on the wire no one-second
+    window exceeds ``rate``. The price is a long-run rate one burst (1 %) under the cap.
     Not thread-safe: one pacer per generator loop.
 
     :param rate: events per second (> 0).
@@ -187,7 +191,9 @@ class Pacer:
             raise ValueError(f"rate must be > 0, got {rate}")
         self.rate = float(rate)
         self.burst = max(1.0, burst if burst is not None else rate / 100.0)
-        self.window_cap = max(1, int(rate * self.WINDOW_S))
+        whole = int(rate * self.WINDOW_S)
+        reserve = math.ceil(self.burst)
+        self.window_cap = whole - reserve if whole > 2 * reserve else max(1, whole)
         self._clock = clock
         self._tokens = 0.0
         self._last = clock()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from harness.default_credentials import Candidate, batch_size, batches, plan
+from harness.default_credentials import Candidate, batch_size, plan, run
 from harness.errors import TargetError
 
 if TYPE_CHECKING:
@@ -70,46 +70,26 @@ def test_ssh_refuses_default_credentials(ssh: Ssh, evidence: Evidence) -> None:
         evidence.note("judgement", offered=list(allowed), ok=True,
                       detail="no password-based authentication method is offered")
         return
-    accepted: list[Candidate] = []
-    not_tried: list[str] = []
     wait_s = lockout.duration_s if lockout is not None else 0.0
-    for user, candidates in todo.per_user.items():
-        account = accounts[user]
-        if account.password is not None:
-            _reset(ssh, account, method, wait_s)  # failures left by earlier checks start at 0
-        failures = 0
-        for i, chunk in enumerate(batches(candidates, size)):
-            if i > 0:
-                if account.password is None:
-                    not_tried += [c.describe() for batch in batches(candidates, size)[i:]
-                                  for c in batch]
-                    break
-                _reset(ssh, account, method)
-                failures = 0
-            hit = _try_batch(ssh, evidence, chunk, method)
-            if hit is not None:
-                accepted.append(hit)
-                failures = 0  # a good login clears the count
-                break
-            failures += len(chunk)
-        if failures and account.password is not None:
-            _reset(ssh, account, method)
+
+    def attempt(cand: Candidate) -> bool:
+        result = ssh.attempt(cand.username, method, password=cand.password,
+                             label=f"default {cand.username}")
+        evidence.note("default credential", candidate=cand.describe(), accepted=result.accepted)
+        return result.accepted
+
+    def reset(user: str, first: bool) -> None:
+        _reset(ssh, accounts[user], method, wait_s if first else 0.0)
+
+    outcome = run(todo, size=size, can_reset=lambda u: accounts[u].password is not None,
+                  attempt=attempt, reset=reset)
+    accepted = outcome.accepted
+    not_tried = [c.describe() for c in outcome.not_tried]
     evidence.note("judgement", method=method, accepted=[c.describe() for c in accepted],
                   not_tried=not_tried, ok=not accepted)
     assert not accepted, (
         "the device accepted default credentials over SSH: "
         + ", ".join(c.describe() for c in accepted))
-
-
-def _try_batch(ssh: Ssh, evidence: Evidence, chunk: list[Candidate], method: str
-               ) -> Candidate | None:
-    for cand in chunk:
-        result = ssh.attempt(cand.username, method, password=cand.password,
-                             label=f"default {cand.username}")
-        evidence.note("default credential", candidate=cand.describe(), accepted=result.accepted)
-        if result.accepted:
-            return cand
-    return None
 
 
 def _reset(ssh: Ssh, account: SshAccount, method: str, wait_s: float = 0.0) -> None:

@@ -84,7 +84,8 @@ def test_pacer_polled_often_delivers_its_rate(rate: float) -> None:
     for _ in range(10000):  # 10 s of polling every millisecond, always wanting more
         clock.now += 0.001
         granted += pacer.take(1 << 30)
-    assert rate * 10 * 0.95 <= granted <= rate * 10
+    assert pacer.window_cap * 10 * 0.95 <= granted <= rate * 10
+    assert pacer.window_cap >= min(int(rate), int(rate * 0.99) - 1)  # at most 1 % held back
 
 
 def test_pacer_wait_is_zero_only_when_a_grant_is_possible() -> None:
@@ -229,7 +230,7 @@ def test_connect_storm_never_exceeds_its_rate_at_the_device(
                            close="rst", payload=opcua_hello("opc.tcp://127.0.0.1/x"))
     accepted = _settle(lambda: len(plc.accepts), result.answered)
     assert accepted == result.answered == result.sent > 0
-    assert max_in_window(plc.accepts) <= cap + 1
+    assert max_in_window(plc.accepts) <= cap
     assert result.stop_reason == "duration"
 
 
@@ -353,7 +354,7 @@ def test_syn_flood_never_exceeds_its_rate_on_the_wire() -> None:
         listener.close()
     assert result.sent > 0 and result.stop_reason == "duration"
     assert 0 < len(seen) <= result.sent
-    assert max_in_window(seen) <= cap + 1
+    assert max_in_window(seen) <= cap
 
 
 @root_only
