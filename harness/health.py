@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from harness.errors import SafetyViolation
 from harness.profile import Profile
-from harness.safety import Guard
+from harness.safety import Deadline, Guard
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,18 @@ def endpoints(profile: Profile) -> list[tuple[str, int]]:
     return out
 
 
-def _modbus_read(sock: socket.socket, unit: int) -> None:
-    """One FC 3 read of register 0; raises OSError when no well-formed reply comes back."""
+def _modbus_read(sock: socket.socket, unit: int, timeout_s: float) -> None:
+    """One FC 3 read of register 0 within ``timeout_s`` in all (a device that drips one byte
+    at a time cannot stretch it); raises OSError when no well-formed reply comes back."""
     from harness.protocols.mbap import MBAP_SIZE, FrameError, adu, read_pdu, split_adus
 
+    deadline = Deadline(timeout_s)
     sock.sendall(adu(0x4842, unit, read_pdu(3, 0, 1)))
     buf = bytearray()
     while True:
+        if deadline.expired:
+            raise TimeoutError("no complete Modbus reply in time")
+        sock.settimeout(max(0.01, deadline.remaining()))
         chunk = sock.recv(260 - len(buf))
         if not chunk:
             raise OSError("connection closed without a Modbus reply")
@@ -80,7 +85,7 @@ def probe(profile: Profile, guard: Guard, timeout_s: float) -> ProbeResult:
                 sock.settimeout(timeout_s)
                 sock.connect((addr, port))
                 if modbus is not None and (host, port) == (modbus.host, modbus.port):
-                    _modbus_read(sock, modbus.unit_id)
+                    _modbus_read(sock, modbus.unit_id, timeout_s)
             answered += 1
             details.append(f"tcp {host}:{port} answered")
         except SafetyViolation:

@@ -67,6 +67,7 @@ _decision_key = pytest.StashKey["Decision"]()
 _verdict_key = pytest.StashKey["tuple[Verdict, str]"]()
 _evidence_key = pytest.StashKey[Evidence]()
 _start_key = pytest.StashKey["tuple[str, float]"]()
+_recorded_key = pytest.StashKey[bool]()
 
 
 @dataclass
@@ -328,11 +329,26 @@ def pytest_report_teststatus(
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
-    result = yield
+    try:
+        result = yield
+    except (KeyboardInterrupt, pytest.exit.Exception) as exc:
+        # the check in progress when the operator stopped the run is in the report too
+        if _decision_key in item.stash and _verdict_key not in item.stash:
+            item.stash[_verdict_key] = (Verdict.ERROR, f"interrupted: {exc or 'stopped'}")
+        _record(item, probe=False)
+        raise
+    _record(item)
+    return result
+
+
+def _record(item: pytest.Item, *, probe: bool = True) -> None:
+    """Add the outcome of ``item`` to the run's results (once); after an ERROR, ``probe`` the
+    device for the circuit breaker."""
     run = get_run(item.config)
     decision = item.stash.get(_decision_key, None)
-    if run is None or decision is None:
-        return result
+    if run is None or decision is None or item.stash.get(_recorded_key, False):
+        return
+    item.stash[_recorded_key] = True
     verdict, reason = item.stash.get(_verdict_key, (Verdict.ERROR, "no outcome recorded"))
     started, t0 = item.stash.get(_start_key, (None, time.monotonic()))
     ev = item.stash.get(_evidence_key, None)
@@ -342,7 +358,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         observations = ev.observations()
         if run.out is not None:
             files = ev.save(run.out / "evidence" / slug(item.nodeid), run.out)
-    if verdict is Verdict.ERROR and decision.runs and run.breaker is None:
+    if probe and verdict is Verdict.ERROR and decision.runs and run.breaker is None:
         _maybe_open_breaker(run, item.nodeid)
     spec, req = decision.check, decision.requirement
     run.results.append(
@@ -363,7 +379,6 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
             observations=observations,
         )
     )
-    return result
 
 
 def _maybe_open_breaker(run: HarnessRun, nodeid: str) -> None:

@@ -448,7 +448,7 @@ class PtyDevice:
         self._endless_sent = 0
         self.thread = threading.Thread(target=self._run, name=f"hostile-{kind}", daemon=True)
 
-    def _write(self, data: bytes) -> int:
+    def _write(self, data: bytes | memoryview) -> int:
         """Write what the pty takes now; the number of bytes written."""
         try:
             return os.write(self.master, data)
@@ -584,9 +584,10 @@ class HostileDevice:
         """
         host = self.args.host
         for name in ("modbus", "ssh", "opcua"):
-            port = self.args.port if name == "modbus" else 0
+            wanted = self.args.port if name == "modbus" else 0
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            self.listeners[name] = socket.create_server((host, port), family=family, backlog=64)
+            self.listeners[name] = socket.create_server((host, wanted), family=family,
+                                                        backlog=64)
             self.listeners[name].setblocking(False)
             self._counters[name] = itertools.count()
         for kind in ("console", "rtu"):

@@ -302,7 +302,11 @@ class ModbusClient:
             ex = self.exchange(pdu, summary=f"health read HR {self.health_address}")
         except TargetError as exc:
             return Health(False, f"health read failed: {exc}")
-        if ex.accepted and ex.problem is None:
+        if ex.accepted and ex.problem is None and ex.response is not None:
+            try:
+                ex.response.registers()  # the byte count must match the data it announces
+            except mbap.FrameError as exc:
+                return Health(False, f"health read: malformed reply ({exc}): {ex.describe()}", ex)
             return Health(True, f"answered: {ex.describe()}", ex)
         return Health(False, f"health read: {ex.describe()}", ex)
 

@@ -49,7 +49,7 @@ import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from harness import pki
 from harness.errors import HarnessError, TargetError
@@ -274,7 +274,8 @@ class EndpointInfo:
     def plaintext_password_tokens(self) -> list[TokenPolicy]:
         """UserName token policies under which a password would travel in clear: the token is
         not encrypted (policy None) and neither is the channel (mode not SignAndEncrypt)."""
-        return [t for t in self.tokens if t.token_type == "UserName"
+        return [t for t in self.tokens
+                if t.token_type == "UserName"  # noqa: S105 - a token type, not a password
                 and t.effective_policy == "None" and self.mode != "SignAndEncrypt"]
 
     def describe(self) -> str:
@@ -431,7 +432,9 @@ class UaLoop:
         future = asyncio.run_coroutine_threadsafe(_bounded(coro, timeout), self._loop)
         try:
             return future.result(timeout + _LOOP_GRACE_S)
-        except concurrent.futures.TimeoutError:
+        except concurrent.futures.TimeoutError:  # the same class as TimeoutError since 3.11
+            if future.done():
+                raise  # the coroutine's own timeout: the caller says which step timed out
             future.cancel()
             raise TargetError(f"{what}: no answer within {timeout:g} s") from None
 
@@ -459,8 +462,8 @@ class UaLoop:
             self._loop.close()
 
 
-async def _bounded(coro: Coroutine[Any, Any, T], timeout: float) -> T:
-    return await asyncio.wait_for(coro, timeout)
+async def _bounded(coro: Coroutine[Any, Any, T], seconds: float) -> T:
+    return await asyncio.wait_for(coro, seconds)
 
 
 # --------------------------------------------------------------------------- tracing
@@ -520,15 +523,18 @@ def _describe_request(request: Any) -> str | None:
 def _client_class() -> type[Any]:
     """asyncua's Client with the bounded transport and the trace (built on first use, so that
     importing this module does not import asyncua)."""
-    from asyncua import Client, ua
+    from asyncua import ua
+    from asyncua.client.client import Client
     from asyncua.client.ua_client import UaClient, UASocketProtocol
     from asyncua.common.connection import TransportLimits
     from asyncua.common.shortcuts import Shortcuts
     from asyncua.common.utils import wait_for
     from asyncua.observer import Observer
+    from asyncua.ua.status_codes import StatusCodes
     from asyncua.ua.ua_binary import uatcp_to_binary
+    from asyncua.ua.uaerrors import UaStatusCodeError
 
-    class BoundedProtocol(UASocketProtocol):  # type: ignore[misc]
+    class BoundedProtocol(UASocketProtocol):
         """UASocketProtocol that announces and enforces small buffers, checks every chunk
         header before buffering its body, and tells a device's malformed message (a
         :class:`TransportViolation`) from its refusal (an Error message or a Bad status)."""
@@ -574,9 +580,9 @@ def _client_class() -> type[Any]:
             super()._process_received_message(msg)
 
         def _fail_all_pending(self, exc: Exception) -> None:
-            if isinstance(exc, ua.UaStatusCodeError) and self._trace.failed is None:
+            if isinstance(exc, UaStatusCodeError) and self._trace.failed is None:
                 if (self._in_receive and not self._device_said_no
-                        and exc.code == ua.StatusCodes.BadRequestTooLarge):
+                        and exc.code == StatusCodes.BadRequestTooLarge):
                     # our own limits (MAX_MESSAGE_SIZE, MAX_CHUNK_COUNT), not the device's word
                     self._violate(f"a message over {MAX_MESSAGE_SIZE} bytes or "
                                   f"{MAX_CHUNK_COUNT} chunks", b"")
@@ -594,16 +600,16 @@ def _client_class() -> type[Any]:
         async def send_hello(self, url: str, max_messagesize: int = 0,
                              max_chunkcount: int = 0) -> Any:
             hello = ua.Hello()
-            hello.EndpointUrl = url
-            hello.ReceiveBufferSize = RECEIVE_BUFFER_SIZE
-            hello.SendBufferSize = RECEIVE_BUFFER_SIZE
-            hello.MaxMessageSize = MAX_MESSAGE_SIZE
-            hello.MaxChunkCount = MAX_CHUNK_COUNT
+            hello.EndpointUrl = ua.String(url)
+            hello.ReceiveBufferSize = ua.UInt32(RECEIVE_BUFFER_SIZE)
+            hello.SendBufferSize = ua.UInt32(RECEIVE_BUFFER_SIZE)
+            hello.MaxMessageSize = ua.UInt32(MAX_MESSAGE_SIZE)
+            hello.MaxChunkCount = ua.UInt32(MAX_CHUNK_COUNT)
             ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._callbackmap[0] = ack
             if self.transport is None:
                 raise ConnectionError("connection is not open")
-            raw = uatcp_to_binary(ua.MessageType.Hello, hello)
+            raw = uatcp_to_binary(cast(Any, ua.MessageType.Hello), hello)
             self._trace.enter("Hello", f"Hello (ReceiveBufferSize {RECEIVE_BUFFER_SIZE}, "
                               f"MaxMessageSize {MAX_MESSAGE_SIZE}, MaxChunkCount "
                               f"{MAX_CHUNK_COUNT})", raw)
@@ -637,7 +643,7 @@ def _client_class() -> type[Any]:
                                 f"{result.SecurityToken.RevisedLifetime} ms)")
             return result
 
-    class BoundedUaClient(UaClient):  # type: ignore[misc]
+    class BoundedUaClient(UaClient):
         """UaClient making :class:`BoundedProtocol` transports; TCP connects use the
         profile's connect timeout."""
 
@@ -665,7 +671,7 @@ def _client_class() -> type[Any]:
             finally:
                 self._timeout = self._request_timeout
 
-    class TraceObserver(Observer):  # type: ignore[misc]
+    class TraceObserver(Observer):
         """Marks the stage of every service request; records session set-up requests."""
 
         def __init__(self, trace: _Trace) -> None:
@@ -690,7 +696,7 @@ def _client_class() -> type[Any]:
             if summary is not None:
                 self._trace.got(f"{stage}: Good")
 
-    class HarnessClient(Client):  # type: ignore[misc]
+    class HarnessClient(Client):
         """asyncua's Client over the bounded transport, recording into a trace."""
 
         def __init__(self, url: str, *, timeouts: Timeouts, watchdog_s: float,
@@ -711,9 +717,9 @@ def _client_class() -> type[Any]:
 
 
 def _exc_summary(exc: BaseException) -> str:
-    from asyncua import ua
+    from asyncua.ua.uaerrors import UaStatusCodeError
 
-    if isinstance(exc, ua.UaStatusCodeError):
+    if isinstance(exc, UaStatusCodeError):
         return status_name(exc.code)
     if isinstance(exc, TimeoutError):
         return "no answer (timeout)"
@@ -722,14 +728,14 @@ def _exc_summary(exc: BaseException) -> str:
 
 def _translate(exc: BaseException, trace: _Trace, what: str) -> TargetError | None:
     """The harness error for an exception from asyncua, or None for one we do not know."""
-    from asyncua import ua
+    from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
     stage = trace.error_stage or trace.stage
     if trace.failed is not None:
         return trace.failed
     if isinstance(exc, TargetError):
         return exc
-    if isinstance(exc, ua.UaStatusCodeError):
+    if isinstance(exc, UaStatusCodeError):
         name = status_name(exc.code)
         return UaRefused(f"{what}: the device answered {name} to {stage}", status=name,
                          stage=stage)
@@ -740,17 +746,18 @@ def _translate(exc: BaseException, trace: _Trace, what: str) -> TargetError | No
             return TargetError(f"{what}: {stage} failed: {exc or type(exc).__name__}")
         return UaRefused(f"{what}: the device closed the connection at {stage}", status=None,
                          stage=stage)
-    if isinstance(exc, ua.UaError):
+    if isinstance(exc, UaError):
         return TargetError(f"{what}: unexpected reply at {stage}: {exc}")
     return None
 
 
 def _node_id(node: str) -> Any:
     from asyncua import ua
+    from asyncua.ua.uaerrors import UaError
 
     try:
         return ua.NodeId.from_string(node)
-    except (ValueError, ua.UaError, IndexError, TypeError) as exc:
+    except (ValueError, UaError, IndexError, TypeError) as exc:
         raise ProfileGap(f"profile gap: {node!r} is not an OPC UA node id "
                          "(e.g. ns=2;s=PLC.Scratch.0)") from exc
 
@@ -1033,6 +1040,7 @@ class UaSession:
             connection is gone (status None).
         """
         from asyncua import ua
+        from asyncua.ua.attribute_ids import AttributeIds
 
         nodeid = _node_id(node)
         self._trace.enter("Read", f"Read {node}")
@@ -1040,7 +1048,7 @@ class UaSession:
         async def go() -> Any:
             rv = ua.ReadValueId()
             rv.NodeId = nodeid
-            rv.AttributeId = ua.AttributeIds.Value
+            rv.AttributeId = AttributeIds.Value
             params = ua.ReadParameters()
             params.NodesToRead.append(rv)
             results = await self._client.uaclient.session.read(params)
@@ -1069,6 +1077,7 @@ class UaSession:
         :param variant: the variant type name (``UInt16``), usually what a read returned.
         """
         from asyncua import ua
+        from asyncua.ua.attribute_ids import AttributeIds
 
         nodeid = _node_id(node)
         try:
@@ -1080,7 +1089,7 @@ class UaSession:
         async def go() -> Any:
             wv = ua.WriteValue()
             wv.NodeId = nodeid
-            wv.AttributeId = ua.AttributeIds.Value
+            wv.AttributeId = AttributeIds.Value
             wv.Value = ua.DataValue(ua.Variant(value, vtype))
             params = ua.WriteParameters()
             params.NodesToWrite.append(wv)
@@ -1115,9 +1124,8 @@ class UaSession:
 
         async def shutdown() -> None:
             try:
-                await asyncio.wait_for(client.disconnect(), limit)
-            except (Exception, asyncio.CancelledError):  # best effort: the socket goes anyway
-                pass
+                with contextlib.suppress(Exception):  # best effort: the socket goes anyway
+                    await asyncio.wait_for(client.disconnect(), limit)
             finally:
                 client.disconnect_socket()
 
