@@ -618,6 +618,17 @@ def _message(err: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    """``a.b.0.c``; a key that is not a plain word is quoted (``a.' '``) so it stays visible."""
+    parts = [
+        str(p) if isinstance(p, int) or _PLAIN_KEY.match(str(p)) else repr(str(p)) for p in loc
+    ]
+    return ".".join(parts) or "(top level)"
+
+
 def load_profile(path: str | os.PathLike[str]) -> LoadedProfile:
     """Load and validate a profile, reporting every problem with its file and line.
 
@@ -659,7 +670,7 @@ def load_profile(path: str | os.PathLike[str]) -> LoadedProfile:
                     where = tuple(int(x) if x.isdigit() else x for x in dotted.split("."))
                     problems.append(f"{name}:{_locate(lines, where)}: {dotted}: {msg}")
                 continue
-            dotted = ".".join(str(x) for x in loc) or "(top level)"
+            dotted = _dotted(loc)
             problems.append(f"{name}:{_locate(lines, loc)}: {dotted}: {_message(dict(err))}")
         raise ProfileError(name, problems) from None
     return LoadedProfile(profile, p.resolve(), raw, profile.inline_secret_warnings())

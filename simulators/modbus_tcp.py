@@ -30,13 +30,42 @@ listening socket stays open), ``modbus.no_input_validation`` (illegal quantities
 addresses are answered as if valid), ``modbus.extra_function_codes`` (FC 8, 43/14, 65, 90),
 ``modbus.no_connection_limit``, ``modbus.any_unit_id`` (every unit id 0..255 is answered),
 ``net.extra_open_port`` (a second listener, a "debug service" that sends a banner line and
-closes), ``load.fragile`` (the scan cycle starves past ``fragile_threshold_rps``).
+closes), ``load.fragile`` (the scan cycle starves past ``fragile_threshold_rps``),
+``net.fragile_stack`` (see below).
+
+``net.fragile_stack`` models a controller whose IP stack shares the CPU with the scan cycle and
+chokes on abnormal traffic. A SYN flood or a malformed segment never reaches a userspace
+program (the kernel deals with it), so this weakness watches the wire instead: a sniffer thread
+reads the loopback interface (``lo``) through a Linux packet socket (``AF_PACKET``, so root or
+``CAP_NET_RAW``; without it the simulator fails at start with exit 2) and parses the IPv4 and TCP
+headers itself. Only packets to the listener's own address and port count (every TCP fragment
+to that address counts: a later fragment carries no port). The scan cycle stalls for
+``fragile_recovery_s`` (measured from the last offending packet) on:
+
+- a SYN flood: more than ``fragile_threshold_rps`` SYNs in the last second whose handshake did
+  not complete (SYNs minus final handshake ACKs), so a storm of complete connections at the
+  same rate does not count: the ``load.fragile`` weakness is the one that chokes on those;
+- one packet with an invalid flag set (SYN+FIN, SYN+RST, no flag, FIN+PSH+URG "XMAS", and so
+  all flags), a LAND packet (source address and port = destination address and port), a bad
+  TCP checksum (judged only where the kernel did not leave the checksum to be filled in later,
+  as it does for its own loopback traffic), a TCP data offset below 5 or past the segment, a
+  TCP header shorter than 20 bytes, or an IP fragment of TCP.
+
+Anything else (valid TCP carrying malformed Modbus frames included) leaves the scan cycle
+alone. A starvation is reported on stderr (one line a second at most). Without the weakness
+there is no sniffer at all; ``--posture weak`` switches it on too, so it needs root as well.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import socket
+import sys
+import threading
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from struct import Struct
 
@@ -56,6 +85,7 @@ WEAKNESSES = (
     "modbus.any_unit_id",
     "net.extra_open_port",
     "load.fragile",
+    "net.fragile_stack",
 )
 
 #: Unit id the Modbus/TCP specification reserves for addressing a TCP device directly.
@@ -66,6 +96,40 @@ MAX_MBAP_LENGTH = 254
 DEBUG_BANNER = b"HSIM-PLC debug service 0.9 ready (no login required)\r\n"
 
 _MBAP = Struct(">HHHB")
+
+# -- net.fragile_stack ----------------------------------------------------------------------
+#: Interface the ``net.fragile_stack`` sniffer reads (the labs serve on loopback addresses).
+SNIFF_INTERFACE = "lo"
+#: Bytes read per frame at most (an IPv4 packet is at most 65535 bytes; a longer frame is read
+#: truncated, and neither its checksum nor its data offset is judged).
+SNIFF_BUFFER = 65536
+#: Seconds a blocked read of the sniffer waits before it looks at its stop flag again.
+SNIFF_POLL_S = 0.1
+#: Window (seconds) over which the half-open SYN rate is counted.
+SYN_WINDOW_S = 1.0
+#: Handshakes remembered at most while their final ACK is awaited (oldest forgotten first).
+MAX_PENDING_HANDSHAKES = 8192
+#: Least seconds between two "starved" lines on stderr.
+STARVE_LOG_GAP_S = 1.0
+
+TCP_FIN = 0x01
+TCP_SYN = 0x02
+TCP_RST = 0x04
+TCP_PSH = 0x08
+TCP_ACK = 0x10
+TCP_URG = 0x20
+_XMAS = TCP_FIN | TCP_PSH | TCP_URG
+_IPPROTO_TCP = 6
+
+# Linux packet-socket and classic-BPF values the socket module does not name.
+_SOL_PACKET = 263
+_PACKET_AUXDATA = 8
+_ETH_P_IP = 0x0800
+_TP_STATUS_CSUMNOTREADY = 0x8
+_SO_ATTACH_FILTER = 26
+_AUXDATA = Struct("IIIHHHH")  # struct tpacket_auxdata: tp_status, tp_len, ...
+_BPF_INSN = Struct("HBBI")  # struct sock_filter: code, jt, jf, k
+_SKF_AD_PKTTYPE = 0xFFFFF000 + 4  # SKF_AD_OFF + SKF_AD_PKTTYPE
 
 
 def plc_for(args: common.SimArgs) -> PLC:
@@ -241,6 +305,331 @@ async def _debug_service(
         writer.close()
 
 
+# --------------------------------------------------------------------------- net.fragile_stack
+def tcp_checksum_ok(src: bytes, dst: bytes, segment: bytes | memoryview) -> bool:
+    """True if the TCP checksum of ``segment`` (header and data) from ``src`` to ``dst`` holds.
+
+    The one's-complement sum of the pseudo header and the segment, checksum included, must be
+    0xFFFF; as 2**16 = 1 (mod 0xFFFF), that is the whole byte string read as one big number
+    being a multiple of 0xFFFF (a TCP pseudo header is never all zeros).
+    """
+    data = b"".join(
+        (
+            src,
+            dst,
+            bytes((0, _IPPROTO_TCP)),
+            len(segment).to_bytes(2, "big"),
+            segment,
+            b"\0" if len(segment) % 2 else b"",
+        )
+    )
+    return int.from_bytes(data, "big") % 0xFFFF == 0
+
+
+def _invalid_flags(flags: int) -> str | None:
+    """The name of an invalid TCP flag set, or None."""
+    if flags & (TCP_SYN | TCP_FIN) == TCP_SYN | TCP_FIN:
+        return "SYN+FIN"
+    if flags & (TCP_SYN | TCP_RST) == TCP_SYN | TCP_RST:
+        return "SYN+RST"
+    if flags & 0x3F == 0:
+        return "no flag"
+    if flags & _XMAS == _XMAS:
+        return "FIN+PSH+URG (XMAS)"
+    return None
+
+
+class FragileStack:
+    """The ``net.fragile_stack`` model: judges each IPv4 packet seen on the wire and starves the
+    PLC's scan cycle on a SYN flood or an abnormal packet (see the module docstring).
+
+    Used from the sniffer thread only (not thread-safe); :meth:`feed` takes raw bytes, so it
+    runs without a socket too.
+
+    :param plc: the PLC whose scan cycle starves.
+    :param address: the listener's IPv4 address (4 bytes); None for a wildcard listener.
+    :param port: the listener's TCP port.
+    :param threshold_rps: half-open SYNs per second above which the scan cycle starves.
+    :param recovery_s: seconds each starvation lasts after the last offending packet.
+    :param clock: the monotonic clock (for tests).
+    """
+
+    def __init__(
+        self,
+        plc: PLC,
+        address: bytes | None,
+        port: int,
+        *,
+        threshold_rps: float,
+        recovery_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if address is not None and len(address) != 4:
+            raise ValueError(f"address must be 4 bytes (IPv4), got {address!r}")
+        self.plc = plc
+        self.address = address
+        self.port = port
+        self.threshold_rps = threshold_rps
+        self.recovery_s = recovery_s
+        self.clock = clock
+        #: Arrival times of SYNs in the last :data:`SYN_WINDOW_S`.
+        self._syns: deque[float] = deque()
+        #: Arrival times of final handshake ACKs in the last :data:`SYN_WINDOW_S`.
+        self._completed: deque[float] = deque()
+        #: (source address, source port) of SYNs whose final ACK is awaited -> SYN time.
+        self._pending: OrderedDict[tuple[bytes, int], float] = OrderedDict()
+        #: Offending packets seen so far (each one starved, or prolonged a starvation).
+        self.offences = 0
+        #: Why the scan cycle last starved.
+        self.last_reason: str | None = None
+        self._logged_at = -STARVE_LOG_GAP_S
+
+    def half_open(self) -> int:
+        """SYNs in the last window whose handshake did not complete in it."""
+        return len(self._syns) - len(self._completed)
+
+    def feed(
+        self, packet: bytes | memoryview, *, checksum_ready: bool = True, truncated: bool = False
+    ) -> str | None:
+        """Account one IPv4 packet; return why it starved the scan cycle, or None.
+
+        :param packet: the packet from its IP header on.
+        :param checksum_ready: False when the kernel left the TCP checksum to be filled in
+            later (its own loopback traffic): the checksum is then not judged.
+        :param truncated: the packet was read cut short.
+        """
+        n = len(packet)
+        if n < 20 or packet[0] >> 4 != 4 or packet[9] != _IPPROTO_TCP:
+            return None
+        ihl = (packet[0] & 0x0F) * 4
+        if ihl < 20 or ihl > n:
+            return None
+        dst = bytes(packet[16:20])
+        if self.address is not None and dst != self.address:
+            return None
+        src = bytes(packet[12:16])
+        total = (packet[2] << 8) | packet[3]
+        # an IP total length of 0 (segmentation offload) or past the capture: judge what is there
+        complete = not truncated and ihl <= total <= n
+        segment = packet[ihl:total] if complete else packet[ihl:]
+        fragment = (packet[6] << 8) | packet[7]
+        if fragment & 0x3FFF:  # more-fragments flag or a fragment offset
+            if fragment & 0x1FFF == 0 and len(segment) >= 4 and self._dport(segment) != self.port:
+                return None
+            return self._offence("IP fragment of TCP", src)
+        if len(segment) < 4 or self._dport(segment) != self.port:
+            return None
+        sport = (segment[0] << 8) | segment[1]
+        if len(segment) < 20:
+            return self._offence(f"TCP header of {len(segment)} bytes", src, sport)
+        offset = segment[12] >> 4
+        flags = segment[13]
+        if src == dst and sport == self.port:
+            return self._offence("LAND packet (source = destination)", src, sport)
+        if offset < 5:
+            return self._offence(f"TCP data offset {offset} (< 5)", src, sport)
+        if complete and offset * 4 > len(segment):
+            return self._offence(f"TCP data offset {offset} past the segment", src, sport)
+        bad = _invalid_flags(flags)
+        if bad is not None:
+            return self._offence(f"invalid TCP flags {bad}", src, sport)
+        if checksum_ready and complete and not tcp_checksum_ok(src, dst, segment):
+            return self._offence("bad TCP checksum", src, sport)
+        return self._count_handshake(src, sport, flags)
+
+    @staticmethod
+    def _dport(segment: bytes | memoryview) -> int:
+        return (segment[2] << 8) | segment[3]
+
+    def _count_handshake(self, src: bytes, sport: int, flags: int) -> str | None:
+        now = self.clock()
+        horizon = now - SYN_WINDOW_S
+        syns, completed, pending = self._syns, self._completed, self._pending
+        kind = flags & (TCP_SYN | TCP_ACK | TCP_RST)
+        key = (src, sport)
+        if kind == TCP_SYN:
+            syns.append(now)
+            pending[key] = now
+            pending.move_to_end(key)
+            if len(pending) > MAX_PENDING_HANDSHAKES:
+                pending.popitem(last=False)
+        elif kind == TCP_ACK and pending.pop(key, None) is not None:
+            completed.append(now)
+        while syns and syns[0] <= horizon:
+            syns.popleft()
+        while completed and completed[0] <= horizon:
+            completed.popleft()
+        while pending:
+            oldest = next(iter(pending.values()))
+            if oldest > horizon:
+                break
+            pending.popitem(last=False)
+        if kind == TCP_SYN and self.half_open() > self.threshold_rps:
+            return self._offence(
+                f"SYN flood: {self.half_open()} half-open SYNs in the last "
+                f"{SYN_WINDOW_S:g} s (threshold {self.threshold_rps:g})",
+                src,
+            )
+        return None
+
+    def _offence(self, reason: str, src: bytes, sport: int | None = None) -> str:
+        self.offences += 1
+        self.last_reason = reason
+        self.plc.starve(self.recovery_s)
+        now = self.clock()
+        if now - self._logged_at >= STARVE_LOG_GAP_S:
+            self._logged_at = now
+            origin = socket.inet_ntoa(src) + ("" if sport is None else f":{sport}")
+            sys.stderr.write(
+                f"{NAME}: net.fragile_stack: scan cycle starved for "
+                f"{self.recovery_s:g} s: {reason} from {origin}\n"
+            )
+            sys.stderr.flush()
+        return reason
+
+
+def bpf_program(address: bytes | None, port: int) -> list[tuple[int, int, int, int]]:
+    """A classic BPF filter for the sniffer (offsets from the IP header): keep received IPv4 TCP
+    packets to ``address`` (any address if None) and ``port``, and every TCP fragment to
+    ``address`` whose port is unknown. :class:`FragileStack` judges the rest again; the filter
+    only keeps other traffic on ``lo`` out of the interpreter."""
+    accept, drop = -1, -2  # placeholders, resolved below
+    insns: list[tuple[int, int, int, int]] = [
+        (0x20, 0, 0, _SKF_AD_PKTTYPE),  # ld pkttype
+        (0x15, drop, 0, socket.PACKET_OUTGOING),  # jeq OUTGOING -> drop
+    ]
+    if address is not None:
+        insns += [
+            (0x20, 0, 0, 16),  # ld [16]: destination address
+            (0x15, 0, drop, int.from_bytes(address, "big")),
+        ]
+    insns += [
+        (0x30, 0, 0, 9),  # ldb [9]: protocol
+        (0x15, 0, drop, _IPPROTO_TCP),
+        (0x28, 0, 0, 6),  # ldh [6]: flags and fragment offset
+        (0x45, accept, 0, 0x1FFF),  # jset offset -> a later fragment: accept
+        (0xB1, 0, 0, 0),  # ldxb 4*([0]&0xf): IP header length
+        (0x48, 0, 0, 2),  # ldh [x+2]: TCP destination port
+        (0x15, accept, drop, port),
+        (0x06, 0, 0, SNIFF_BUFFER),  # accept
+        (0x06, 0, 0, 0),  # drop
+    ]
+    targets = {accept: len(insns) - 2, drop: len(insns) - 1}
+
+    def resolve(jump: int, at: int) -> int:
+        return targets[jump] - at - 1 if jump < 0 else jump
+
+    return [(code, resolve(jt, i), resolve(jf, i), k) for i, (code, jt, jf, k) in enumerate(insns)]
+
+
+def open_packet_socket(address: bytes | None, port: int) -> socket.socket:
+    """A packet socket on :data:`SNIFF_INTERFACE` that reads received IPv4 frames (without
+    their link header) to ``address``/``port``, with checksum status (``PACKET_AUXDATA``) and a
+    read timeout of :data:`SNIFF_POLL_S`.
+
+    :raises OSError: no root or ``CAP_NET_RAW`` (``PermissionError``), or no such interface.
+    """
+    # protocol 0: nothing is queued before the filter is attached and bind names ETH_P_IP
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
+    try:
+        sock.setsockopt(_SOL_PACKET, _PACKET_AUXDATA, 1)
+        insns = bpf_program(address, port)
+        code = ctypes.create_string_buffer(b"".join(_BPF_INSN.pack(*i) for i in insns))
+        sock.setsockopt(
+            socket.SOL_SOCKET,
+            _SO_ATTACH_FILTER,
+            Struct("HP").pack(len(insns), ctypes.addressof(code)),
+        )
+        sock.bind((SNIFF_INTERFACE, _ETH_P_IP))
+        sock.settimeout(SNIFF_POLL_S)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class StackSniffer:
+    """The ``net.fragile_stack`` sniffer thread: reads :data:`SNIFF_INTERFACE` and feeds a
+    :class:`FragileStack`. Opens its socket at construction.
+
+    :param stack: the model the packets go to.
+    :raises OSError: the packet socket cannot be opened (see :func:`open_packet_socket`).
+    """
+
+    def __init__(self, stack: FragileStack) -> None:
+        self.stack = stack
+        self._sock = open_packet_socket(stack.address, stack.port)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start reading (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="fragile-stack", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (within about :data:`SNIFF_POLL_S`) and close the socket."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            self._thread = None
+        self._sock.close()
+
+    def _run(self) -> None:
+        buf = bytearray(SNIFF_BUFFER)
+        view = memoryview(buf)
+        ancillary = socket.CMSG_SPACE(_AUXDATA.size)
+        recv = self._sock.recvmsg_into
+        feed = self.stack.feed
+        while not self._stop.is_set():
+            try:
+                size, anc, msg_flags, address = recv([buf], ancillary)
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.wait(SNIFF_POLL_S):
+                    break
+                continue
+            if address[2] == socket.PACKET_OUTGOING:
+                continue
+            checksum_ready = False
+            truncated = bool(msg_flags & socket.MSG_TRUNC)
+            for level, kind, data in anc:
+                if level == _SOL_PACKET and kind == _PACKET_AUXDATA and len(data) >= _AUXDATA.size:
+                    status, length = _AUXDATA.unpack_from(data)[:2]
+                    checksum_ready = not status & _TP_STATUS_CSUMNOTREADY
+                    truncated = truncated or length > size
+            feed(view[:size], checksum_ready=checksum_ready, truncated=truncated)
+
+
+def start_fragile_stack(
+    args: common.SimArgs, plc: PLC, listener: asyncio.Server
+) -> StackSniffer | str:
+    """Start the ``net.fragile_stack`` sniffer for ``listener``; an error message if it cannot."""
+    bound = next((s.getsockname() for s in listener.sockets if s.family == socket.AF_INET), None)
+    if bound is None:
+        return f"net.fragile_stack models an IPv4 stack; {args.host} has no IPv4 listener"
+    host, port = str(bound[0]), int(bound[1])
+    address = None if host == "0.0.0.0" else socket.inet_aton(host)  # noqa: S104
+    stack = FragileStack(
+        plc,
+        address,
+        port,
+        threshold_rps=args.config.fragile_threshold_rps,
+        recovery_s=args.config.fragile_recovery_s,
+    )
+    try:
+        sniffer = StackSniffer(stack)
+    except OSError as exc:
+        return (
+            f"net.fragile_stack needs a packet socket on {SNIFF_INTERFACE} "
+            f"(root or CAP_NET_RAW): {exc.strerror or exc}"
+        )
+    sniffer.start()
+    return sniffer
+
+
 async def _serve(args: common.SimArgs) -> str | None:
     """Run until SIGTERM; return an error message if the listeners cannot start."""
     stop = stop_event()
@@ -282,11 +671,21 @@ async def _serve(args: common.SimArgs) -> str | None:
         for listener in listeners:
             listener.close()
         return f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+    sniffer: StackSniffer | None = None
+    if args.has("net.fragile_stack"):
+        started = start_fragile_stack(args, plc, listeners[0])
+        if isinstance(started, str):
+            for listener in listeners:
+                listener.close()
+            return started
+        sniffer = started
     plc.start()
     common.ready(NAME, endpoints, args.weaknesses)
     try:
         await stop.wait()
     finally:
+        if sniffer is not None:
+            sniffer.stop()
         for listener in listeners:
             listener.close()
         server.close_all()

@@ -112,11 +112,21 @@ class PLC:
             while self._requests and self._requests[0] < now - 1.0:
                 self._requests.popleft()
             if len(self._requests) > self.fragile.threshold_rps:
-                self._starved_until = now + self.fragile.recovery_s
+                self._starved_until = max(self._starved_until, now + self.fragile.recovery_s)
+
+    def starve(self, seconds: float) -> None:
+        """Stall the scan cycle for ``seconds`` from now (a longer stall already running is kept).
+
+        Works on any PLC, fragile or not: protocol front ends use it to model other ways a
+        device falls over (an IP stack that chokes on abnormal packets).
+        """
+        until = time.monotonic() + max(0.0, seconds)
+        with self._req_lock:
+            self._starved_until = max(self._starved_until, until)
 
     @property
     def starved(self) -> bool:
-        """True while a fragile PLC's scan cycle is stalled by load."""
+        """True while the scan cycle is stalled (by load on a fragile PLC, or :meth:`starve`)."""
         return time.monotonic() < self._starved_until
 
     # -- scan cycle ------------------------------------------------------------------

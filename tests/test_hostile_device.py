@@ -43,6 +43,13 @@ WEAKNESSES = ["hostile.garbage", "hostile.lying_length", "hostile.huge", "hostil
 STARTUP_S = 30.0
 #: Peak RSS allowed to a run (MB): generous; a harness that buffers a hostile stream blows it.
 MAX_RSS_MB = 400
+#: Safety figures written into each hostile lab's profile (seconds).
+FAST_SAFETY = {
+    "connect_timeout_s": 1,
+    "request_timeout_s": 1,
+    "recovery_wait_s": 1,
+    "max_load_duration_s": 1,
+}
 #: Verdicts a check may get from a hostile device.
 ALLOWED = {"ERROR", "FAIL", "NOT APPLICABLE", "NOT RUN"}
 
@@ -72,7 +79,11 @@ def planned_checks(profile_path: Path) -> list[str]:
     """Node ids of the checks ``harness plan`` says will run (the plan sends nothing)."""
     proc = subprocess.run(
         harness("plan", "--json", "--allow-disruptive", str(profile_path)),
-        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     plan = json.loads(proc.stdout)
@@ -104,9 +115,11 @@ class Run:
 
     def context(self) -> str:
         """Output tails for an assertion message."""
-        return (f"\n[{self.weakness}] exit {self.code}, {self.elapsed_s:.1f} s "
-                f"(bound {self.bound_s:.0f} s)\nstdout:\n{self.stdout[-3000:]}"
-                f"\nstderr:\n{self.stderr[-3000:]}")
+        return (
+            f"\n[{self.weakness}] exit {self.code}, {self.elapsed_s:.1f} s "
+            f"(bound {self.bound_s:.0f} s)\nstdout:\n{self.stdout[-3000:]}"
+            f"\nstderr:\n{self.stderr[-3000:]}"
+        )
 
 
 class Measured:
@@ -119,8 +132,13 @@ class Measured:
         cmd = harness("run", "--out", str(run.out), "--allow-disruptive", str(profile_path))
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=REPO_ROOT,
-                env={**os.environ, "CI": "true"}, start_new_session=True,
+                cmd,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                cwd=REPO_ROOT,
+                env={**os.environ, "CI": "true"},
+                start_new_session=True,
             )
         self.t0 = time.monotonic()
         self.done = False
@@ -173,6 +191,10 @@ def hostile_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
             states.append(state_dir)
             profile_path = state_dir / "profile.yaml"
             profile = yaml.safe_load(profile_path.read_text())
+            # Short timeouts and loads: a hostile device is judged by what the harness does
+            # with its answers, and each check's time is bounded by these figures.
+            profile["safety"].update(FAST_SAFETY)
+            profile_path.write_text(yaml.safe_dump(profile, sort_keys=False))
             planned = planned_checks(profile_path)
             run = Run(weakness, planned, run_bound(profile, len(planned)), base / f"out-{name}")
             runs[weakness] = run
@@ -242,8 +264,11 @@ def test_junit_written_with_no_passed_testcase(run: Run) -> None:
     root = ET.parse(path).getroot()  # noqa: S314 (the harness's own report, not device data)
     cases = list(root.iter("testcase"))
     assert len(cases) == len(run.results["checks"])
-    passed = [c.get("name") for c in cases
-              if not any(child.tag in ("error", "failure", "skipped") for child in c)]
+    passed = [
+        c.get("name")
+        for c in cases
+        if not any(child.tag in ("error", "failure", "skipped") for child in c)
+    ]
     assert not passed, f"junit.xml reports passed testcases: {passed}"
 
 
@@ -251,7 +276,9 @@ def test_peak_rss_is_bounded(run: Run, record_property: Any) -> None:
     rss_mb = run.maxrss_kb / 1024
     record_property("peak_rss_mb", round(rss_mb, 1))
     record_property("elapsed_s", round(run.elapsed_s, 1))
-    print(f"{run.weakness}: peak RSS {rss_mb:.1f} MB, {run.elapsed_s:.1f} s "
-          f"(bound {run.bound_s:.0f} s, {len(run.planned)} checks), exit {run.code}")
+    print(
+        f"{run.weakness}: peak RSS {rss_mb:.1f} MB, {run.elapsed_s:.1f} s "
+        f"(bound {run.bound_s:.0f} s, {len(run.planned)} checks), exit {run.code}"
+    )
     assert run.maxrss_kb > 0, "no rusage measured"
     assert rss_mb < MAX_RSS_MB, f"peak RSS {rss_mb:.1f} MB{run.context()}"

@@ -273,24 +273,20 @@ class ConsoleClient:
         return result
 
     def to_login_prompt(self) -> ReadResult:
-        """Get to a login prompt: wake (unless the last read ended at one), and when at a
-        password prompt abort it first.
+        """Get to a login prompt: nothing to do when the last read ended at one; a password
+        prompt is aborted (Ctrl-C, else an empty password: one refused login); otherwise wake.
 
         :raises TargetError: the console shows a shell prompt (no login, or still logged in)
             and does not leave it, or shows no prompt at all.
         """
         if self.last_prompt == "login":
             return ReadResult("", "login", False, 0.0)
-        result = self.wake()
+        result = self.abort_password() if self.last_prompt == "password" else self.wake()
         for _ in range(3):
             if result.prompt == "login":
                 return result
             if result.prompt == "password":
-                self.send("\x03")  # abort the password prompt
-                result = self.read(self.request_s)
-                if result.prompt == "password":
-                    self.send("\r")  # an empty password: one refused login at most
-                    result = self.expect_prompt(2 * self.request_s)
+                result = self.abort_password()
                 continue
             if result.prompt == "shell" and self.logged_in:
                 self.logout()
@@ -300,6 +296,15 @@ class ConsoleClient:
         raise TargetError(f"{self.where.device}: no login prompt: the console shows "
                           f"{readable(last_line(result.text))!r} (without a login, see the CR "
                           "1.1 check)")
+
+    def abort_password(self) -> ReadResult:
+        """Leave a password prompt: Ctrl-C, and when that is ignored an empty password."""
+        self.send("\x03")
+        result = self.read(self.request_s)
+        if result.prompt in (None, "password"):
+            self.send("\r")
+            result = self.expect_prompt(2 * self.request_s)
+        return result
 
     def login(self, username: str, password: str) -> LoginResult:
         """Run one login dialogue from a login prompt the caller has reached.

@@ -271,12 +271,15 @@ class EndpointInfo:
         """True when both the policy and the mode are something other than None."""
         return self.policy != "None" and self.mode in ("Sign", "SignAndEncrypt")
 
+    def tokens_of(self, token_type: str) -> list[TokenPolicy]:
+        """The token policies of one type (``Anonymous``, ``UserName``, ``Certificate``)."""
+        return [t for t in self.tokens if t.token_type == token_type]
+
     def plaintext_password_tokens(self) -> list[TokenPolicy]:
         """UserName token policies under which a password would travel in clear: the token is
         not encrypted (policy None) and neither is the channel (mode not SignAndEncrypt)."""
-        return [t for t in self.tokens
-                if t.token_type == "UserName"  # noqa: S105 - a token type, not a password
-                and t.effective_policy == "None" and self.mode != "SignAndEncrypt"]
+        return [t for t in self.tokens_of("UserName")
+                if t.effective_policy == "None" and self.mode != "SignAndEncrypt"]
 
     def describe(self) -> str:
         """One line: ``Basic256Sha256/SignAndEncrypt tokens UserName(None),Certificate``."""

@@ -271,7 +271,7 @@ class KexInit:
             raise ValueError(f"KEXINIT of {len(payload)} bytes is shorter than its cookie")
         cookie = payload[1:17]
         pos = 17
-        lists: list[tuple[str, ...]] = []
+        lists: dict[str, tuple[str, ...]] = {}
         for name in KEXINIT_LISTS:
             if pos + 4 > len(payload):
                 raise ValueError(f"KEXINIT truncated before the {name} name-list")
@@ -282,7 +282,7 @@ class KexInit:
                                  f"{len(payload) - pos} are left")
             raw = payload[pos:pos + length]
             pos += length
-            lists.append(_name_list(raw, name))
+            lists[name] = _name_list(raw, name)
         if pos + 5 > len(payload):
             raise ValueError("KEXINIT truncated before first_kex_packet_follows/reserved")
         follows = payload[pos] != 0
@@ -290,7 +290,7 @@ class KexInit:
         pos += 5
         if pos != len(payload):
             raise ValueError(f"KEXINIT has {len(payload) - pos} bytes after its reserved field")
-        return cls(cookie, *lists, first_kex_packet_follows=follows, reserved=reserved)
+        return cls(cookie=cookie, **lists, first_kex_packet_follows=follows, reserved=reserved)
 
     def lists(self) -> dict[str, list[str]]:
         """The ten name-lists by field name (for evidence)."""
@@ -800,7 +800,7 @@ class SshSession:
                                   "only; no SSH 2 session possible")
             device_sock = _DeviceSocket(sock, raw_line, bytes(reader.buffer))
             engines: list[Any] = []
-            transport = paramiko.Transport(device_sock)  # type: ignore[arg-type]
+            transport = paramiko.Transport(device_sock)
             transport._kex_info = _paramiko_kex_table(engines, gex_bits)
             transport._key_info = _paramiko_key_table()
             transport.local_version = CLIENT_VERSION

@@ -13,7 +13,7 @@ from harness.protocols.console import REFUSAL, last_line, prompt_kind, readable
 if TYPE_CHECKING:
     from harness.evidence import Evidence
     from harness.fixtures.console import ConsoleKit
-    from harness.protocols.console import ConsoleClient, ReadResult
+    from harness.protocols.console import ConsoleClient
 
 pytestmark = pytest.mark.requirement("EDR 2.13")
 
@@ -80,7 +80,7 @@ def test_console_has_no_unauthenticated_debug_menu(console: ConsoleKit,
         answer = client.read(client.request_s, quiet_s=QUIET_S)
         text = answer.text
         if answer.prompt == "password":  # taken as a user name: abort the login
-            text += _abort_password(client).text
+            text += client.abort_password().text
         unexpected = _unexpected_lines(text, typed, banner)
         at = prompt_kind(text) if text.strip() else None
         bad = bool(unexpected) or at == "shell"
@@ -115,15 +115,6 @@ def _unexpected_lines(text: str, typed: str, banner: set[str]) -> list[str]:
             continue
         out.append(line)
     return out
-
-
-def _abort_password(client: ConsoleClient) -> ReadResult:
-    client.send("\x03")
-    result = client.read(client.request_s, quiet_s=QUIET_S)
-    if result.prompt == "password":
-        client.send("\r")
-        result = client.read(2 * client.request_s)
-    return result
 
 
 def _back_at_prompt(client: ConsoleClient) -> None:

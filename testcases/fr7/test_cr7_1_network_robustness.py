@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.requirement("CR 7.1")
 
-#: The simulator weakness these checks detect. Proposed (not yet in the bundled simulators): a
-#: device whose IP stack falls over on SYN floods and malformed segments.
+#: The simulator weakness these checks detect (``modbus_tcp``): a device whose IP stack starves
+#: the scan cycle on SYN floods and malformed segments.
 WEAKNESS = "net.fragile_stack"
 
 

@@ -10,6 +10,7 @@ import select
 import threading
 import tty
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -54,6 +55,7 @@ class FakeConsole:
         self.path = os.ttyname(slave)
         tty.setraw(slave)
         os.close(slave)
+        os.set_blocking(self.master, False)  # a full pty buffer must not block the writer
         self.reply = reply
         self.endless = endless
         self.inputs: list[bytes] = []
@@ -99,7 +101,7 @@ class FakeConsole:
 
 def plc_like(password: str = "secret-pw") -> Reply:  # noqa: S107 (a test device)
     """A console with a banner and a login: admin/<password> gets ``plc> ``."""
-    state = {"user": None, "shell": False}
+    state: dict[str, Any] = {"user": None, "shell": False}
 
     def reply(line: bytes) -> bytes:
         text = line.decode().strip("\r")

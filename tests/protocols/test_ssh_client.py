@@ -367,3 +367,55 @@ def test_against_the_ssh_simulator(lab: Callable[..., Any]) -> None:
         keyed.close()
     # the client never records a password, even one nobody registered as a secret
     assert password not in json.dumps(ev.entries)
+
+
+@pytest.mark.parametrize("bits", [1024, 2048])
+def test_group_exchange_probe_reports_the_modulus(bits: int) -> None:
+    """A paramiko server offering only group exchange, with one group of ``bits``."""
+    import paramiko
+    from paramiko.kex_gex import KexGexSHA256
+    from paramiko.kex_group14 import KexGroup14SHA256
+    from paramiko.primes import ModulusPack
+
+    class Permissive(KexGexSHA256):  # type: ignore[misc]
+        """paramiko's server clamps the client's request to 2048 bits but hashes the clamped
+        values, so a request for 1024 fails verification; let the server take it as sent."""
+
+        min_bits = 1024
+
+    prime = s._OAKLEY_GROUP2 if bits == 1024 else KexGroup14SHA256.P
+    pack = ModulusPack()
+    pack.pack = {bits: [(2, prime)]}
+    host_key = s.throwaway_key()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+    port = listener.getsockname()[1]
+    served: list[Any] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            server = paramiko.Transport(conn)
+            server._preferred_kex = ("diffie-hellman-group-exchange-sha256",)
+            server._kex_info = {"diffie-hellman-group-exchange-sha256": Permissive}
+            server._modulus_pack = pack
+            server.add_server_key(host_key)
+            served.append(server)
+            server.start_server(event=threading.Event(), server=paramiko.ServerInterface())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    session = None
+    try:
+        session = s.SshSession.connect(GUARD, Evidence("gex"), s.Endpoint("127.0.0.1", port),
+                                       TIMEOUTS, kex=["diffie-hellman-group-exchange-sha256"],
+                                       gex_bits=s.GEX_PROBE_BITS)
+        assert session.kex_name == "diffie-hellman-group-exchange-sha256"
+        assert session.gex_modulus_bits == bits
+    finally:
+        if session is not None:
+            session.close()
+        thread.join(timeout=5)
+        for server in served:
+            server.close()
+        listener.close()

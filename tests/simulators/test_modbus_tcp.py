@@ -35,6 +35,7 @@ ALL_WEAKNESSES = sorted(
         "modbus.any_unit_id",
         "net.extra_open_port",
         "load.fragile",
+        "net.fragile_stack",
     ]
 )
 
