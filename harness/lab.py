@@ -204,6 +204,19 @@ def _stop_pids(pids: list[int], timeout_s: float = 5.0) -> None:
                 pass
 
 
+#: Weaknesses a simulator can only model with raw sockets (root or CAP_NET_RAW).
+ROOT_ONLY_WEAKNESSES = frozenset({"net.fragile_stack"})
+
+
+def _weaknesses_for(lab: LabDefinition, known: list[str]) -> list[str]:
+    """The weaknesses one simulator gets: all it knows in the weak posture (less the root-only
+    ones when we are not root, so a non-root demo still runs), else the lab's own list."""
+    if lab.posture == "weak":
+        is_root = hasattr(os, "geteuid") and os.geteuid() == 0
+        return [w for w in known if is_root or w not in ROOT_ONLY_WEAKNESSES]
+    return [w for w in lab.weaknesses if w in known]
+
+
 def _pick_loopback() -> str:
     """A random loopback address other than 127.0.0.1 (Linux answers on all of 127/8)."""
     while True:
@@ -261,7 +274,7 @@ def lab_up(lab: LabDefinition, state_dir: Path) -> dict[str, Any]:
     t0 = time.monotonic()
     try:
         for name in lab.simulators:
-            weak = [w for w in lab.weaknesses if w in manifest.get(name, [])]
+            weak = _weaknesses_for(lab, manifest.get(name, []))
             sim_state = state_dir / "sims" / name
             sim_state.mkdir(parents=True, exist_ok=True)
             cmd = [
@@ -269,7 +282,7 @@ def lab_up(lab: LabDefinition, state_dir: Path) -> dict[str, Any]:
                 "-m",
                 f"simulators.{name}",
                 "--posture",
-                lab.posture,
+                "hardened",  # the weak posture is spelled out as explicit weaknesses below
                 "--config",
                 str(state_dir / "secrets" / "sim-config.json"),
                 "--state-dir",

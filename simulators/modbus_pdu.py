@@ -98,6 +98,10 @@ class PduPolicy:
     validate: bool = True
     #: Answer FC 8, 43/14, 65 and 90.
     extra_function_codes: bool = False
+    #: With ``protect_ranges`` off, let writes to the protected ranges through even on a channel
+    #: that refuses every other write (plain Modbus/TCP with ``modbus.unprotected_writes``: the
+    #: configuration registers take writes from anyone). A role check (TLS) still applies.
+    open_ranges_on_readonly_channel: bool = False
 
 
 def exception_pdu(function_code: int, code: int) -> bytes:
@@ -189,7 +193,9 @@ class PduEngine:
         if not can_write and fc in WRITE_FUNCTION_CODES and not (
             # ``modbus.unprotected_writes``: the configuration ranges take writes from anyone,
             # even where the channel refuses every other write.
-            not self._protect and _writes_protected_range(pdu)
+            self.policy.open_ranges_on_readonly_channel
+            and not self._protect
+            and _writes_protected_range(pdu)
         ):
             return bytes((fc | 0x80, ILLEGAL_FUNCTION))
         return handler(pdu)

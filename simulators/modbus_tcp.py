@@ -642,6 +642,7 @@ async def _serve(args: common.SimArgs) -> str | None:
             protect_ranges=not args.has("modbus.unprotected_writes"),
             validate=not args.has("modbus.no_input_validation"),
             extra_function_codes=args.has("modbus.extra_function_codes"),
+            open_ranges_on_readonly_channel=args.has("modbus.unprotected_writes"),
         ),
     )
     writes = args.has("modbus.unauthenticated_writes")

@@ -885,8 +885,9 @@ class UaConnection:
             GetEndpoints is needed).
         :param application_uri: the ApplicationUri to announce.
         :param identity: who activates the session.
-        :param watchdog_s: seconds between asyncua's keep-alive reads (:data:`NO_WATCHDOG`
-            for a session that must stay idle).
+        :param watchdog_s: most seconds between asyncua's keep-alive reads (a third of the
+            granted session timeout when that is shorter; :data:`NO_WATCHDOG` for a session
+            that must stay idle).
         :raises UaRefused: the device refused (status and stage in the exception).
         :raises TargetError: no answer, no connection, malformed reply.
         """
@@ -913,6 +914,11 @@ class UaConnection:
                 client.user_private_key = serialization.load_der_private_key(
                     identity.cert.key_der, password=None)
             await client.connect()
+            if watchdog_s < NO_WATCHDOG:
+                # keep-alive well inside the session timeout the server granted (connect() has
+                # just created the keep-alive task; it reads the interval when it first runs)
+                client._watchdog_intervall = min(
+                    watchdog_s, max(0.2, float(client.session_timeout) / 1000.0 / 3.0))
 
         what = f"{label} ({policy}/{mode}, {identity.describe()})"
         self._run(client, trace, go(), what)

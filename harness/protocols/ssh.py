@@ -475,32 +475,45 @@ def probe_server(guard: Guard, evidence: Evidence, endpoint: Endpoint,
         evidence.received(endpoint.url, raw_line, f"identification {ident.version_line}")
         if not ident.speaks_ssh2:
             return ServerHello(ident, None)
-        for _ in range(MAX_SKIPPED_PACKETS + 1):
-            payload = read_packet(reader)
-            kind = payload[0] if payload else -1
-            if kind in (MSG_IGNORE, MSG_DEBUG):
-                evidence.received(endpoint.url, payload, f"message {kind} before KEXINIT")
-                continue
-            if kind == MSG_DISCONNECT:
-                evidence.received(endpoint.url, payload, "SSH_MSG_DISCONNECT")
-                raise TargetError(f"{endpoint.url}: the device disconnected before its KEXINIT: "
-                                  f"{_disconnect_text(payload)}")
-            try:
-                kexinit = KexInit.parse(payload)
-            except ValueError as exc:
-                evidence.received(endpoint.url, payload, f"not a valid KEXINIT: {exc}")
-                raise TargetError(f"{endpoint.url}: {exc}") from None
-            evidence.received(endpoint.url, payload,
-                              f"KEXINIT: {len(kexinit.kex)} kex, {len(kexinit.host_key)} "
-                              f"host-key, {len(kexinit.ciphers)} cipher, {len(kexinit.macs)} MAC "
-                              "algorithms")
-            evidence.note("server KEXINIT", **kexinit.lists(),
-                          first_kex_packet_follows=kexinit.first_kex_packet_follows)
-            return ServerHello(ident, kexinit)
-        raise TargetError(f"{endpoint.url}: no KEXINIT among the first "
-                          f"{MAX_SKIPPED_PACKETS + 1} packets")
+        try:
+            kexinit = _read_kexinit(reader, evidence, endpoint)
+        except TargetError as exc:
+            if not ident.speaks_ssh1:
+                raise
+            # SSH 1 is a finding of its own; a 1.99 server that then fails SSH 2 still shows it
+            evidence.note("no KEXINIT from a server that also speaks SSH 1", detail=str(exc))
+            return ServerHello(ident, None)
+        return ServerHello(ident, kexinit)
     finally:
         sock.close()
+
+
+def _read_kexinit(reader: _WireReader, evidence: Evidence, endpoint: Endpoint) -> KexInit:
+    """Read packets until the KEXINIT (skipping IGNORE and DEBUG, at most a few)."""
+    for _ in range(MAX_SKIPPED_PACKETS + 1):
+        payload = read_packet(reader)
+        kind = payload[0] if payload else -1
+        if kind in (MSG_IGNORE, MSG_DEBUG):
+            evidence.received(endpoint.url, payload, f"message {kind} before KEXINIT")
+            continue
+        if kind == MSG_DISCONNECT:
+            evidence.received(endpoint.url, payload, "SSH_MSG_DISCONNECT")
+            raise TargetError(f"{endpoint.url}: the device disconnected before its KEXINIT: "
+                              f"{_disconnect_text(payload)}")
+        try:
+            kexinit = KexInit.parse(payload)
+        except ValueError as exc:
+            evidence.received(endpoint.url, payload, f"not a valid KEXINIT: {exc}")
+            raise TargetError(f"{endpoint.url}: {exc}") from None
+        evidence.received(endpoint.url, payload,
+                          f"KEXINIT: {len(kexinit.kex)} kex, {len(kexinit.host_key)} "
+                          f"host-key, {len(kexinit.ciphers)} cipher, {len(kexinit.macs)} MAC "
+                          "algorithms")
+        evidence.note("server KEXINIT", **kexinit.lists(),
+                      first_kex_packet_follows=kexinit.first_kex_packet_follows)
+        return kexinit
+    raise TargetError(f"{endpoint.url}: no KEXINIT among the first "
+                      f"{MAX_SKIPPED_PACKETS + 1} packets")
 
 
 def _disconnect_text(payload: bytes) -> str:

@@ -63,7 +63,7 @@ def sims(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 def tcp(sims: dict[str, Any]) -> Iterator[tuple[ModbusTcpClient, Evidence]]:
     ep = sims["tcp"]
     evidence = Evidence("test")
-    client = ModbusTcpClient.connect(ep["host"], ep["port"], guard=Guard(["127.0.0.1"]),
+    client = ModbusTcpClient.connect(ep["host"], ep["port"], guard=Guard([ep["host"]]),
                                      evidence=evidence, unit=ep["unit"], request_timeout=2.0)
     yield client, evidence
     client.close()
