@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from harness.selection import CheckSpec, PlanRow
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
+#: The only pytest configuration a conformance run reads.
+RUN_INI = Path(__file__).with_name("run.ini")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,6 +108,8 @@ def collect_checks(profile_path: str, extra: Sequence[str] = ()) -> list[CheckSp
                 str(tdir),
                 "--collect-only",
                 "-q",
+                "-c",
+                str(RUN_INI),
                 "-p",
                 "harness.plugin",
                 "-p",
@@ -261,6 +265,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         str(loaded.path),
         "--harness-out",
         str(out),
+        "-c",
+        str(RUN_INI),
         "-p",
         "harness.plugin",
         "-p",

@@ -201,3 +201,20 @@ def fake_modbus_port() -> Iterator[int]:
     finally:
         listener.close()
         thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- parallel runs
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "spread: independent test that may run on any xdist worker (no shared fixture)"
+    )
+    config.addinivalue_line("markers", "xdist_group(name): run on one xdist worker with its group")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep each module on one worker (its module-scoped labs and runs are built once), except
+    the tests marked ``spread``, which xdist may hand to any worker."""
+    for item in items:
+        if item.get_closest_marker("spread") or item.get_closest_marker("xdist_group"):
+            continue
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))

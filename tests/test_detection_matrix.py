@@ -147,6 +147,7 @@ def test_check_passes_on_hardened(spec: CheckSpec, hardened_run: dict[str, Any])
     assert found["verdict"] == "PASS", f"{spec.nodeid}: {found['verdict']}: {found['reason']}"
 
 
+@pytest.mark.spread
 @pytest.mark.parametrize("weakness", WEAKNESSES)
 def test_weakness_fails_exactly_its_checks(
     weakness: str, lab: Callable[..., Any], tmp_path: Path
