@@ -211,6 +211,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xdist_group(name): run on one xdist worker with its group")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep each module on one worker (its module-scoped labs and runs are built once), except
     the tests marked ``spread``, which xdist may hand to any worker."""

@@ -23,14 +23,23 @@ asyncua does the protocol; this module makes it fit a check:
   an Error message) becomes :class:`UaRefused` with the status *name* (``BadUserAccessDenied``)
   and the stage (``OpenSecureChannel``, ``CreateSession``, ``ActivateSession``, ``Read``...); a
   server that closes the connection after the Hello is a refusal without a status; no answer,
-  no TCP connection, or a malformed reply is a plain :class:`~harness.errors.TargetError`.
-  :func:`attempt` turns a session set-up into an :class:`Attempt` (accepted, or refused and
-  where) for the authentication checks.
-- **Evidence.** The Hello and Acknowledge (hex: they are plaintext), the OpenSecureChannel
-  policy and mode, CreateSession (announced ApplicationUri, certificate fingerprint, requested
-  timeout) and ActivateSession (token type and user name, never the password) with their
-  outcome, every Read and Write the check makes with values and status names, the endpoint list
-  with each server certificate's key size, signature hash and fingerprint.
+  no TCP connection, or a malformed reply is a plain :class:`~harness.errors.TargetError`
+  (:class:`NoAnswer` for a timeout). :meth:`UaConnection.attempt` turns a session set-up into
+  an :class:`Attempt` (accepted, or refused and where) for the authentication checks.
+- **Evidence.** The Hello (hex: it is plaintext) and the Acknowledge's sizes, the
+  OpenSecureChannel policy and mode, CreateSession (announced ApplicationUri, certificate
+  fingerprint, requested timeout) and ActivateSession (token type and user name, never the
+  password) with their outcome, every Read and Write the check makes with values and status
+  names, the endpoint list with each server certificate's key size, signature hash and
+  fingerprint.
+
+API: :class:`UaConnection` (``get_endpoints``, ``open_session``, ``attempt``, ``open_channel``,
+``probe_insecure_session``) over a :class:`UaLoop`; :class:`UaSession` (``read``, ``read_value``,
+``write``, ``server_auditing``, ``close``); :class:`EndpointInfo`, :class:`AppCert`,
+:class:`Identity`. The asyncua subclasses (transport, client) are built on first use by
+``_client_class`` and lean on three asyncua internals: ``UaClient._make_protocol``, the
+connection's ``_limits`` and ``Client._watchdog_intervall``; ``tests/protocols/
+test_opcua_client.py`` proves they still hold.
 
 Passwords are given to asyncua only; asyncua's loggers are set to WARNING (when unset) because
 at DEBUG it logs whole requests, identity tokens included.
@@ -116,6 +125,10 @@ if _logger.level == logging.NOTSET:
 class ProfileGap(HarnessError):
     """The profile lacks what a check needs (a client certificate, an account, a CA key): the
     check is an ERROR naming the gap, never a PASS."""
+
+
+class NoAnswer(TargetError):
+    """Nothing came back within the timeout."""
 
 
 class TransportViolation(TargetError):
@@ -439,7 +452,7 @@ class UaLoop:
             if future.done():
                 raise  # the coroutine's own timeout: the caller says which step timed out
             future.cancel()
-            raise TargetError(f"{what}: no answer within {timeout:g} s") from None
+            raise NoAnswer(f"{what}: no answer within {timeout:g} s") from None
 
     def close(self) -> None:
         """Cancel every task left, stop the loop and join its thread (bounded)."""
@@ -513,8 +526,9 @@ def _describe_request(request: Any) -> str | None:
         encrypted = getattr(token, "EncryptionAlgorithm", None)
         extra = f" user {user!r}" if user else ""
         if kind == "UserNameIdentityToken":
-            extra += (f", password encrypted in the token ({policy_name(encrypted)})" if encrypted
-                      else ", password NOT encrypted in the token (only the channel protects it)")
+            extra += (f", password encrypted in the token ({encrypted})" if encrypted
+                      else ", password NOT encrypted in the token (token policy None: only the "
+                           "channel's encryption protects it)")
         return f"ActivateSession ({kind}{extra})"
     if name in ("CloseSession", "CreateSubscription"):
         return name
@@ -743,7 +757,7 @@ def _translate(exc: BaseException, trace: _Trace, what: str) -> TargetError | No
         return UaRefused(f"{what}: the device answered {name} to {stage}", status=name,
                          stage=stage)
     if isinstance(exc, TimeoutError):
-        return TargetError(f"{what}: no answer to {stage} within the timeout")
+        return NoAnswer(f"{what}: no answer to {stage} within the timeout")
     if isinstance(exc, OSError | ConnectionError):
         if stage in ("TCP connect", "Hello"):
             return TargetError(f"{what}: {stage} failed: {exc or type(exc).__name__}")

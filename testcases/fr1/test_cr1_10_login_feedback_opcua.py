@@ -29,6 +29,10 @@ def test_opcua_login_failure_hides_user_existence(opcua: OpcUa, evidence: Eviden
     help an attacker. A server that answers a wrong password for an existing user differently
     from a login as a user that does not exist lets anyone enumerate valid user names.
 
+    Where this differs from the issue: the issue lists this under "User tokens" with CR 1.1,
+    CR 1.2 and CR 1.5; the requirement about what login feedback may reveal is CR 1.10. It
+    counts one failed login, so it is disruptive and uses the lockout-test account.
+
     Procedure: on the session endpoint with the profile's client certificate: a control login
     with the lockout-test account (the one account the harness may count failed logins
     against; if it is still locked from earlier, the declared lockout is waited out once), then
