@@ -82,7 +82,7 @@ def catalog_from_text(text: str, *, source: str = "<catalog>") -> Catalog:
 
     :raises CatalogError: not YAML, or malformed content.
     """
-    import yaml  # noqa: PLC0415 - deferred: the enums alone must not cost a YAML import
+    import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
