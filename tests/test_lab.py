@@ -20,10 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SERIAL_AND_TCP = ["modbus_tcp", "modbus_rtu", "console", "ssh"]
 
 
-def pts_in_use() -> set[str]:
-    return set(os.listdir("/dev/pts"))
-
-
 def sim_pids() -> set[int]:
     pids = set()
     for entry in os.listdir("/proc"):
@@ -47,7 +43,6 @@ def test_up_status_down_leaves_nothing_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state = tmp_path / "harness-test-lab"
-    pts_before = pts_in_use()
     sim_tmp = tmp_path / "tmp"
     sim_tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(sim_tmp))  # the simulators' temporary files land here
@@ -65,10 +60,20 @@ def test_up_status_down_leaves_nothing_behind(
     assert sorted(stopped) == sorted(SERIAL_AND_TCP)
     assert not state.exists()
     assert not (pids & sim_pids())
+    # the lab's own pseudo-terminals are gone (a number may be reused by another process
+    # meanwhile: then it is a new pty, created after the lab went down)
+    ptys = [
+        up["simulators"][n]["endpoints"][k]["path"]
+        for n, k in (("modbus_rtu", "rtu"), ("console", "console"))
+    ]
+    downed = time.time()
     deadline = time.monotonic() + 5
-    while pts_in_use() - pts_before and time.monotonic() < deadline:
+    while time.monotonic() < deadline and any(
+        os.path.exists(p) and os.stat(p).st_ctime <= downed for p in ptys
+    ):
         time.sleep(0.05)
-    assert not (pts_in_use() - pts_before), "a pty was left open"
+    for p in ptys:
+        assert not os.path.exists(p) or os.stat(p).st_ctime > downed, f"{p} was left open"
     assert not list(sim_tmp.iterdir()), "a temporary file was left behind"
 
 
