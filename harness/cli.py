@@ -87,7 +87,6 @@ def collect_checks(profile_path: str, extra: Sequence[str] = ()) -> list[CheckSp
     """Collect the conformance checks with pytest (nothing is sent) and return their specs."""
     import pytest
 
-    from harness.paths import testcases_dir
     from harness.plugin import check_spec
 
     specs: list[CheckSpec] = []
@@ -99,27 +98,10 @@ def collect_checks(profile_path: str, extra: Sequence[str] = ()) -> list[CheckSp
                 if spec is not None:
                     specs.append(spec)
 
-    tdir = testcases_dir()
     buf = io.StringIO()
-    _isolate_pytest()
     with contextlib.redirect_stdout(buf):
         code = pytest.main(
-            [
-                str(tdir),
-                "--collect-only",
-                "-q",
-                "-c",
-                str(RUN_INI),
-                "-p",
-                "harness.plugin",
-                "-p",
-                "no:cacheprovider",
-                "--rootdir",
-                str(tdir.parent),
-                "--profile",
-                profile_path,
-                *extra,
-            ],
+            [*_pytest_args(profile_path), "--collect-only", "-q", *extra],
             plugins=[Collector()],
         )
     if code not in (0, 5):
@@ -129,10 +111,27 @@ def collect_checks(profile_path: str, extra: Sequence[str] = ()) -> list[CheckSp
     return specs
 
 
-def _isolate_pytest() -> None:
-    """Run pytest with our plugin only: no third-party plugin changes a conformance run
-    (or slows its start-up); ask for one explicitly with ``-- -p NAME``."""
+def _pytest_args(profile_path: str) -> list[str]:
+    """The pytest arguments of every conformance run or collection: the bundled checks, our
+    plugin only (no third-party plugin changes a run or slows its start; ask for one with
+    ``-- -p NAME``), and our own configuration (never the caller's project's)."""
+    from harness.paths import testcases_dir
+
     os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    tdir = testcases_dir()
+    return [
+        str(tdir),
+        "-c",
+        str(RUN_INI),
+        "--rootdir",
+        str(tdir.parent),
+        "-p",
+        "harness.plugin",
+        "-p",
+        "no:cacheprovider",
+        "--profile",
+        profile_path,
+    ]
 
 
 def _traffic(spec: CheckSpec, loaded: LoadedProfile) -> str:
@@ -253,31 +252,9 @@ def _print_plan(rows: list[PlanRow], loaded: LoadedProfile, allow: bool) -> None
 def cmd_run(args: argparse.Namespace) -> int:
     import pytest
 
-    from harness.paths import testcases_dir
-
     loaded = _load(args.profile)
-    tdir = testcases_dir()
     out = Path(args.out).resolve()
-    _isolate_pytest()
-    pargs = [
-        str(tdir),
-        "--profile",
-        str(loaded.path),
-        "--harness-out",
-        str(out),
-        "-c",
-        str(RUN_INI),
-        "-p",
-        "harness.plugin",
-        "-p",
-        "no:cacheprovider",
-        "--rootdir",
-        str(tdir.parent),
-        "--strict-markers",
-        "-o",
-        "console_output_style=classic",
-        "-rfE",
-    ]
+    pargs = [*_pytest_args(str(loaded.path)), "--harness-out", str(out), "-rfE"]
     pargs.append("-q" if not args.verbose else "-v")
     if args.allow_disruptive:
         pargs.append("--allow-disruptive")
