@@ -86,6 +86,8 @@ class HarnessRun:
     #: Set once the device fails its health probe: later checks that need it are ERROR at once.
     breaker: str | None = None
     interrupted: bool = False
+    #: A failure after the last check (e.g. a restore in session teardown), for the report.
+    teardown_problem: str | None = None
 
 
 def get_run(config: pytest.Config) -> HarnessRun | None:
@@ -402,11 +404,23 @@ def exit_code(results: list[CheckResult]) -> int:
     return EXIT_PASS
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Any:
+    """Write the report after every other session-finish step (fixture teardown, restores),
+    even when one of them fails: a failed restore is reported, it does not eat the report."""
     run = get_run(session.config)
-    if run is None:
-        return
+    try:
+        return (yield)
+    except Exception as exc:
+        if run is not None:
+            run.teardown_problem = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        if run is not None:
+            _finish(session, run, exitstatus)
+
+
+def _finish(session: pytest.Session, run: HarnessRun, exitstatus: int) -> None:
     run.guard.disarm()
     if exitstatus in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERNAL_ERROR):
         return
@@ -416,8 +430,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
         write_run(run, complete=not interrupted)
     code = exit_code(run.results)
-    if interrupted:
-        code = max(code, EXIT_ERROR) if code != EXIT_FAIL else code
+    if (interrupted or run.teardown_problem) and code != EXIT_FAIL:
+        code = EXIT_ERROR  # never 0 for a run that was cut short or could not clean up
     session.exitstatus = code
 
 
