@@ -209,7 +209,7 @@ def test_mute_device_is_a_target_error_for_the_probe(fake_plc: Callable[..., Any
 
 def test_generators_ask_the_guard_first(fake_plc: Callable[..., Any]) -> None:
     plc = fake_plc()
-    elsewhere = Guard(["10.99.0.0/16"])
+    elsewhere = Guard(["192.0.2.0/24"])
     with pytest.raises(SafetyViolation):
         modbus_flood("127.0.0.1", plc.port, guard=elsewhere, rate=10, duration_s=0.2,
                      in_flight=1)
@@ -384,4 +384,4 @@ def test_raw_sender_asks_the_guard() -> None:
     from harness.load.netflood import RawSender
 
     with pytest.raises(SafetyViolation):
-        RawSender(Guard(["10.99.0.0/16"]), "127.0.0.1")
+        RawSender(Guard(["192.0.2.0/24"]), "127.0.0.1")

@@ -213,7 +213,7 @@ def test_tcp_connect_probe_reports_refused_connections(
 
 def test_monitor_refuses_a_probe_outside_the_allow_list(tmp_path: Path) -> None:
     spec = ProbeSpec("tcp_connect", "tcp", "127.0.0.1", 502, max_latency_ms=200.0)
-    proc = MonitorProcess(MonitorConfig([spec], ["10.99.0.0/16"]), tmp_path / "m")
+    proc = MonitorProcess(MonitorConfig([spec], ["192.0.2.0/24"]), tmp_path / "m")
     with pytest.raises(HarnessError, match="not in the profile's targets"):
         proc.start(ready_timeout_s=20)
     assert not proc.running

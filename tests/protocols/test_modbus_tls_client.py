@@ -395,7 +395,7 @@ def test_guard_refuses_before_any_connection(material: Material,
     dev = device()
     ev = Evidence("t")
     with pytest.raises(SafetyViolation):
-        m.connect(Guard(["10.9.8.7"]), ev, endpoint(material, dev), identity=None,
+        m.connect(Guard(["192.0.2.7"]), ev, endpoint(material, dev), identity=None,
                   timeouts=TIMEOUTS)
     assert dev.accepted == 0
     assert ev.entries == []

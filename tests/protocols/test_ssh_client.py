@@ -266,9 +266,9 @@ def test_disconnect_before_kexinit(fake: Callable[[Script], FakeServer]) -> None
 def test_guard_refuses_before_connecting(fake: Callable[[Script], FakeServer]) -> None:
     server = fake(lambda conn: conn.sendall(b"SSH-2.0-Never\r\n"))
     with pytest.raises(SafetyViolation, match="not in the profile's targets"):
-        probe(server, Guard(["10.0.0.0/8"]))
+        probe(server, Guard(["192.0.2.0/24"]))
     with pytest.raises(SafetyViolation):
-        s.SshSession.connect(Guard(["10.0.0.0/8"]), Evidence("t"),
+        s.SshSession.connect(Guard(["192.0.2.0/24"]), Evidence("t"),
                              s.Endpoint("127.0.0.1", server.port), TIMEOUTS)
     assert server.accepted == 0
 
