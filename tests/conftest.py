@@ -219,3 +219,49 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if item.get_closest_marker("spread") or item.get_closest_marker("xdist_group"):
             continue
         item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
+# --------------------------------------------------------------------------- fake checks
+@pytest.fixture(scope="session")
+def fake_checks() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``fake_checks(MODULE, profile=P, out=DIR, env={...}, extra=(...))``: run a module of fake
+    checks (``check_*.py``, outside the bundled testcases) under the harness plugin alone, in a
+    subprocess, as ``pytest MODULE --profile P --harness-out DIR`` would."""
+
+    def run(
+        module: Path,
+        *,
+        profile: Path | None = None,
+        out: Path | None = None,
+        env: dict[str, str] | None = None,
+        extra: tuple[str, ...] = (),
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(module),
+            "-p",
+            "harness.plugin",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "python_files=check_*.py",
+            "--rootdir",
+            str(module.parent),
+        ]
+        if profile is not None:
+            cmd += ["--profile", str(profile)]
+        if out is not None:
+            cmd += ["--harness-out", str(out)]
+        return subprocess.run(
+            [*cmd, *extra],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})},
+        )
+
+    return run

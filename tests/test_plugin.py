@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,37 +30,17 @@ def free_port() -> int:
 
 
 def run_pytest(
-    tmp_path: Path, outcomes: str = "all", *extra: str, port: int
+    fake_checks: Callable[..., subprocess.CompletedProcess[str]],
+    tmp_path: Path,
+    outcomes: str = "all",
+    *extra: str,
+    port: int,
 ) -> tuple[int, dict[str, Any], str]:
     profile = tmp_path / "p.yaml"
     profile.write_text(PROFILE.format(port=port))
     out = tmp_path / "out"
-    env = {**os.environ, "HARNESS_FAKE_OUTCOMES": outcomes, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            str(CHECKS),
-            "-p",
-            "harness.plugin",
-            "-p",
-            "no:cacheprovider",
-            "--profile",
-            str(profile),
-            "--harness-out",
-            str(out),
-            "-o",
-            "python_files=check_*.py",
-            "--rootdir",
-            str(CHECKS.parent),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
+    proc = fake_checks(
+        CHECKS, profile=profile, out=out, extra=extra, env={"HARNESS_FAKE_OUTCOMES": outcomes}
     )
     results = (
         json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
@@ -71,10 +50,14 @@ def run_pytest(
 
 @pytest.fixture(scope="module")
 def full_run(
-    tmp_path_factory: pytest.TempPathFactory, fake_modbus_port: int
+    tmp_path_factory: pytest.TempPathFactory,
+    fake_modbus_port: int,
+    fake_checks: Callable[..., Any],
 ) -> tuple[int, dict[str, Any], str, Path]:
     tmp = tmp_path_factory.mktemp("plugin")
-    code, results, output = run_pytest(tmp, "all", "--allow-disruptive", port=fake_modbus_port)
+    code, results, output = run_pytest(
+        fake_checks, tmp, "all", "--allow-disruptive", port=fake_modbus_port
+    )
     return code, results, output, tmp / "out"
 
 
@@ -124,64 +107,34 @@ def test_results_document(full_run: Any) -> None:
     assert passed["requirement"] == "CR 1.1" and passed["fr"] == "FR1" and passed["sl"] == 1
 
 
-def test_disruptive_is_not_run_without_permission(tmp_path: Path, fake_modbus_port: int) -> None:
-    _, results, _ = run_pytest(tmp_path, "pass", port=fake_modbus_port)
+def test_disruptive_is_not_run_without_permission(
+    tmp_path: Path, fake_modbus_port: int, fake_checks: Callable[..., Any]
+) -> None:
+    _, results, _ = run_pytest(fake_checks, tmp_path, "pass", port=fake_modbus_port)
     assert verdicts(results)["test_disruptive"][0] == "NOT RUN"
 
 
 @pytest.mark.parametrize(
     ("outcomes", "code"), [("pass", 0), ("pass,error", 3), ("pass,error,fail", 1)]
 )
-def test_exit_codes(tmp_path: Path, outcomes: str, code: int, fake_modbus_port: int) -> None:
-    got, _, output = run_pytest(tmp_path, outcomes, port=fake_modbus_port)
+def test_exit_codes(
+    tmp_path: Path, outcomes: str, code: int, fake_modbus_port: int, fake_checks: Callable[..., Any]
+) -> None:
+    got, _, output = run_pytest(fake_checks, tmp_path, outcomes, port=fake_modbus_port)
     assert got == code, output
 
 
-def test_bad_profile_is_a_usage_error(tmp_path: Path) -> None:
+def test_bad_profile_is_a_usage_error(tmp_path: Path, fake_checks: Callable[..., Any]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("device: {}\n")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            str(CHECKS),
-            "-p",
-            "harness.plugin",
-            "--profile",
-            str(bad),
-            "-o",
-            "python_files=check_*.py",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
-    )
+    proc = fake_checks(CHECKS, profile=bad, timeout=60)
     assert proc.returncode == 4  # pytest's usage error; `harness run` maps it to 2
     assert "bad.yaml:1: device.vendor: Field required" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_checks_without_profile_are_refused(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            str(CHECKS),
-            "-p",
-            "harness.plugin",
-            "-o",
-            "python_files=check_*.py",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
-    )
+def test_checks_without_profile_are_refused(fake_checks: Callable[..., Any]) -> None:
+    proc = fake_checks(CHECKS, timeout=60)
     assert proc.returncode == 4
     assert "pass --profile PROFILE" in proc.stderr
 
@@ -216,8 +169,10 @@ def test_junit_reads_back(full_run: Any) -> None:
     assert all(name.startswith("CR 1.1") for name in cases)
 
 
-def test_breaker_errors_later_checks_at_once_when_the_device_is_gone(tmp_path: Path) -> None:
-    code, results, output = run_pytest(tmp_path, "error,pass", port=free_port())
+def test_breaker_errors_later_checks_at_once_when_the_device_is_gone(
+    tmp_path: Path, fake_checks: Callable[..., Any]
+) -> None:
+    code, results, output = run_pytest(fake_checks, tmp_path, "error,pass", port=free_port())
     assert code == 3, output
     v = verdicts(results)
     assert v["test_target_error"] == ("ERROR", "TargetError: no reply within 3 s")

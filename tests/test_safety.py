@@ -7,9 +7,9 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -133,7 +133,9 @@ def test_capture_sees_unguarded_traffic_to_the_other_address() -> None:
     assert len(packets) >= 1
 
 
-def test_a_run_sends_nothing_outside_the_allow_list(tmp_path: Path) -> None:
+def test_a_run_sends_nothing_outside_the_allow_list(
+    tmp_path: Path, fake_checks: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
@@ -147,34 +149,11 @@ def test_a_run_sends_nothing_outside_the_allow_list(tmp_path: Path) -> None:
         )
         sniffer = _sniffer("host 127.0.0.2")
         out = tmp_path / "out"
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                str(HERE / "plugin_checks" / "check_escape.py"),
-                "-p",
-                "harness.plugin",
-                "-p",
-                "no:cacheprovider",
-                "--profile",
-                str(profile),
-                "--harness-out",
-                str(out),
-                "-o",
-                "python_files=check_*.py",
-                "--rootdir",
-                str(HERE / "plugin_checks"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            env={
-                **os.environ,
-                "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
-                "HARNESS_ESCAPE_PORT": str(port),
-            },
+        proc = fake_checks(
+            HERE / "plugin_checks" / "check_escape.py",
+            profile=profile,
+            out=out,
+            env={"HARNESS_ESCAPE_PORT": str(port)},
         )
         time.sleep(0.3)
         packets = sniffer.stop()

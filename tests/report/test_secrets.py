@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import subprocess
-import sys
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -49,42 +48,22 @@ def encodings(secret: str) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def run_folder(tmp_path_factory: pytest.TempPathFactory, device_port: int) -> tuple[Path, str]:
+def run_folder(
+    tmp_path_factory: pytest.TempPathFactory,
+    device_port: int,
+    fake_checks: Callable[..., subprocess.CompletedProcess[str]],
+) -> tuple[Path, str]:
     tmp = tmp_path_factory.mktemp("secrets")
     (tmp / "operator.secret").write_text(FILE_SECRET + "\n")
     profile = tmp / "profile.yaml"
     profile.write_text(PROFILE.format(port=device_port))
     out = tmp / "out"
-    env = {
-        **os.environ,
-        "HARNESS_TEST_SECRET_A": ENV_SECRET,
-        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
-        "CI": "true",
-    }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            str(CHECKS),
-            "-p",
-            "harness.plugin",
-            "-p",
-            "no:cacheprovider",
-            "--profile",
-            str(profile),
-            "--harness-out",
-            str(out),
-            "-o",
-            "python_files=check_*.py",
-            "--rootdir",
-            str(HERE),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    proc = fake_checks(
+        CHECKS,
+        profile=profile,
+        out=out,
         timeout=100,
-        check=False,
+        env={"HARNESS_TEST_SECRET_A": ENV_SECRET, "CI": "true"},
     )
     assert (out / "manifest.json").exists(), proc.stdout + proc.stderr
     return out, proc.stdout + proc.stderr
