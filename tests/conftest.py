@@ -211,14 +211,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xdist_group(name): run on one xdist worker with its group")
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_itemcollected(item: pytest.Item) -> None:
     """Keep each module on one worker (its module-scoped labs and runs are built once), except
-    the tests marked ``spread``, which xdist may hand to any worker."""
-    for item in items:
-        if item.get_closest_marker("spread") or item.get_closest_marker("xdist_group"):
-            continue
-        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    the tests marked ``spread``, which xdist may hand to any worker. Marked as each item is
+    collected, so xdist's ``loadgroup`` scheduling (at the end of collection) always sees it."""
+    if item.get_closest_marker("spread") or item.get_closest_marker("xdist_group"):
+        return
+    item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
 
 
 # --------------------------------------------------------------------------- fake checks
