@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import socket
 import tempfile
 import time
 from collections import deque
@@ -143,26 +144,34 @@ class LoadCaps:
     @classmethod
     def from_safety(cls, safety: Safety) -> LoadCaps:
         """The caps of a profile's ``safety`` section."""
-        return cls(request_rate=safety.max_request_rate,
-                   connection_rate=safety.max_connection_rate,
-                   packet_rate=safety.max_packet_rate, connections=safety.max_connections,
-                   duration_s=safety.max_load_duration_s)
+        return cls(
+            request_rate=safety.max_request_rate,
+            connection_rate=safety.max_connection_rate,
+            packet_rate=safety.max_packet_rate,
+            connections=safety.max_connections,
+            duration_s=safety.max_load_duration_s,
+        )
 
     def check(self, **asked: float | None) -> None:
         """Refuse any asked value above its cap (``rate=``, ``connection_rate=``...).
 
         :raises SafetyViolation: naming the value and its cap.
         """
-        names = {"request_rate": self.request_rate, "connection_rate": self.connection_rate,
-                 "packet_rate": self.packet_rate, "connections": self.connections,
-                 "duration_s": self.duration_s}
+        names = {
+            "request_rate": self.request_rate,
+            "connection_rate": self.connection_rate,
+            "packet_rate": self.packet_rate,
+            "connections": self.connections,
+            "duration_s": self.duration_s,
+        }
         for key, value in asked.items():
             if value is None:
                 continue
             cap = names[key]
             if value > cap:
                 raise SafetyViolation(
-                    f"safety guard: {key}={value:g} is above the profile's cap {cap:g}")
+                    f"safety guard: {key}={value:g} is above the profile's cap {cap:g}"
+                )
             if value <= 0:
                 raise ValueError(f"{key} must be > 0, got {value:g}")
 
@@ -185,8 +194,9 @@ class Pacer:
 
     WINDOW_S = 1.0
 
-    def __init__(self, rate: float, burst: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be > 0, got {rate}")
         self.rate = float(rate)
@@ -286,12 +296,21 @@ class LoadResult:
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary for the evidence."""
-        return {"kind": self.kind, "target": self.target, "rate_cap": self.rate_cap,
-                "duration_s": round(self.duration_s, 3), "sent": self.sent,
-                "answered": self.answered, "rejected": self.rejected, "errors": self.errors,
-                "disconnects": self.disconnects, "achieved_rate": round(self.achieved_rate, 1),
-                "answered_rate": round(self.answered_rate, 1), "stop_reason": self.stop_reason,
-                **self.details}
+        return {
+            "kind": self.kind,
+            "target": self.target,
+            "rate_cap": self.rate_cap,
+            "duration_s": round(self.duration_s, 3),
+            "sent": self.sent,
+            "answered": self.answered,
+            "rejected": self.rejected,
+            "errors": self.errors,
+            "disconnects": self.disconnects,
+            "achieved_rate": round(self.achieved_rate, 1),
+            "answered_rate": round(self.answered_rate, 1),
+            "stop_reason": self.stop_reason,
+            **self.details,
+        }
 
     def rows(self) -> list[dict[str, Any]]:
         """The series as timeline rows."""
@@ -315,6 +334,20 @@ class Series:
             rows.append([round(index * BUCKET_S, 3), 0, 0])
         rows[-1][1] += sent
         rows[-1][2] += answered
+
+
+def open_tcp(address: str, port: int, timeout_s: float) -> socket.socket:
+    """A connected TCP socket (Nagle off) to an address the guard has already allowed."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    try:
+        sock.connect((address, port))
+    except BaseException:
+        sock.close()
+        raise
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def is_root() -> bool:

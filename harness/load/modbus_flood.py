@@ -21,13 +21,12 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from harness.errors import TargetError
-from harness.load import DRAIN_S, LoadResult, NeverStop, Pacer, Series, Stoppable
+from harness.load import DRAIN_S, LoadResult, NeverStop, Pacer, Series, Stoppable, open_tcp
 from harness.protocols import mbap
 
 if TYPE_CHECKING:
@@ -37,24 +36,18 @@ if TYPE_CHECKING:
 MAX_IN_FLIGHT = 256
 #: Most connections of one flood.
 MAX_CONNECTIONS = 256
-_HEADER = struct.Struct(">HHHB")
 
 
-def _open(address: str, port: int, timeout_s: float) -> socket.socket:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.settimeout(timeout_s)
-    try:
-        sock.connect((address, port))
-    except BaseException:
-        sock.close()
-        raise
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
-def probe_pipelining(host: str, port: int, *, guard: Guard, unit: int = 1,
-                     pdu: bytes | None = None, count: int = 4, timeout_s: float = 1.0) -> bool:
+def probe_pipelining(
+    host: str,
+    port: int,
+    *,
+    guard: Guard,
+    unit: int = 1,
+    pdu: bytes | None = None,
+    count: int = 4,
+    timeout_s: float = 1.0,
+) -> bool:
     """Send ``count`` requests in one write on a fresh connection; True if all are answered.
 
     :raises TargetError: not even the first request was answered.
@@ -62,7 +55,7 @@ def probe_pipelining(host: str, port: int, *, guard: Guard, unit: int = 1,
     address = guard.check_destination(host, port)
     pdu = pdu or mbap.read_pdu(3, 0, 1)
     try:
-        sock = _open(address, port, timeout_s)
+        sock = open_tcp(address, port, timeout_s)
     except OSError as exc:
         raise TargetError(f"modbus {host}:{port}: cannot connect: {exc}") from exc
     buf = bytearray()
@@ -127,10 +120,20 @@ class ModbusFlood:
     :param stop: polled every loop; set means stop at once.
     """
 
-    def __init__(self, host: str, port: int, *, guard: Guard, unit: int = 1,
-                 pdu: bytes | None = None, connections: int = 4, in_flight: int = 16,
-                 connection_rate: float = 20.0, timeout_s: float = 3.0,
-                 stop: Stoppable | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        guard: Guard,
+        unit: int = 1,
+        pdu: bytes | None = None,
+        connections: int = 4,
+        in_flight: int = 16,
+        connection_rate: float = 20.0,
+        timeout_s: float = 3.0,
+        stop: Stoppable | None = None,
+    ) -> None:
         if not 1 <= connections <= MAX_CONNECTIONS:
             raise ValueError(f"connections must be 1..{MAX_CONNECTIONS}, got {connections}")
         if not 1 <= in_flight <= MAX_IN_FLIGHT:
@@ -163,7 +166,7 @@ class ModbusFlood:
 
     def sample_request(self) -> bytes:
         """One request as sent (for the evidence)."""
-        return self._ring[self.adu_size: 2 * self.adu_size]
+        return self._ring[self.adu_size : 2 * self.adu_size]
 
     # -- connections ------------------------------------------------------------------
     def _connect_one(self, deadline: float) -> bool:
@@ -179,7 +182,7 @@ class ModbusFlood:
         self.guard.check_destination(self.host, self.port)
         timeout = max(0.05, min(self.timeout_s, deadline - time.monotonic()))
         try:
-            sock = _open(self.address, self.port, timeout)
+            sock = open_tcp(self.address, self.port, timeout)
         except OSError:
             self.connect_failures += 1
             return False
@@ -202,8 +205,10 @@ class ModbusFlood:
             if not self._connect_one(end) and self.connect_failures >= self.connections * 2:
                 break
         if not self._conns and not self.stop.is_set():
-            raise TargetError(f"modbus {self.target}: no connection could be opened "
-                              f"({self.connect_failures} failed)")
+            raise TargetError(
+                f"modbus {self.target}: no connection could be opened "
+                f"({self.connect_failures} failed)"
+            )
         return len(self._conns)
 
     def _drop(self, conn: _Conn) -> None:
@@ -257,7 +262,7 @@ class ModbusFlood:
         pos = 0
         answers = 0
         rejected = 0
-        unpack = _HEADER.unpack_from
+        unpack = mbap.MBAP.unpack_from
         while size - pos >= 7:
             _tid, proto, length, _unit = unpack(buf, pos)
             if proto != 0 or length < 2 or length > 254:
@@ -280,15 +285,27 @@ class ModbusFlood:
         result.rejected += rejected
         return answers, True
 
-    def run(self, rate: float, duration_s: float, *, max_requests: int | None = None,
-            kind: str = "modbus_flood") -> LoadResult:
+    def run(
+        self,
+        rate: float,
+        duration_s: float,
+        *,
+        max_requests: int | None = None,
+        kind: str = "modbus_flood",
+    ) -> LoadResult:
         """Send at most ``rate`` requests/s for ``duration_s`` (connections already open or
         opened now) and return what happened."""
         start = time.monotonic()
         deadline = start + duration_s
         result = LoadResult(kind, self.target, rate, started=start)
-        result.details.update({"connections": self.connections, "in_flight": self.in_flight,
-                               "unit": self.unit, "function": self.pdu[0]})
+        result.details.update(
+            {
+                "connections": self.connections,
+                "in_flight": self.in_flight,
+                "unit": self.unit,
+                "function": self.pdu[0],
+            }
+        )
         if self.stop.is_set():
             result.stop_reason = "abort"
             result.ended = start
@@ -326,7 +343,7 @@ class ModbusFlood:
                 if n <= 0:
                     break
                 off = conn.tid * size
-                conn.out += ring[off: off + n * size]
+                conn.out += ring[off : off + n * size]
                 conn.tid = (conn.tid + n) & 0xFFFF
                 if conn.outstanding == 0:
                     conn.last_progress = now
@@ -363,8 +380,13 @@ class ModbusFlood:
                     result.errors += conn.outstanding
                     self._drop(conn)
             missing = self.connections - len(self._conns)
-            while missing and reconnects < self.connections * 10 and not stop.is_set() \
-                    and self.conn_pacer.wait_s() == 0 and time.monotonic() < deadline:
+            while (
+                missing
+                and reconnects < self.connections * 10
+                and not stop.is_set()
+                and self.conn_pacer.wait_s() == 0
+                and time.monotonic() < deadline
+            ):
                 missing -= 1
                 reconnects += 1
                 self._connect_one(deadline)
@@ -404,22 +426,43 @@ class ModbusFlood:
         return total
 
 
-def modbus_flood(host: str, port: int, *, guard: Guard, rate: float, duration_s: float,
-                 connections: int = 4, in_flight: int | str = "auto", unit: int = 1,
-                 pdu: bytes | None = None, connection_rate: float = 20.0,
-                 timeout_s: float = 3.0, max_requests: int | None = None,
-                 stop: Stoppable | None = None) -> LoadResult:
+def modbus_flood(
+    host: str,
+    port: int,
+    *,
+    guard: Guard,
+    rate: float,
+    duration_s: float,
+    connections: int = 4,
+    in_flight: int | str = "auto",
+    unit: int = 1,
+    pdu: bytes | None = None,
+    connection_rate: float = 20.0,
+    timeout_s: float = 3.0,
+    max_requests: int | None = None,
+    stop: Stoppable | None = None,
+) -> LoadResult:
     """One flood: open, run, close. ``in_flight="auto"`` probes pipelining first (16 or 1)."""
     pipelined: bool | None = None
     if in_flight == "auto":
-        pipelined = probe_pipelining(host, port, guard=guard, unit=unit, pdu=pdu,
-                                     timeout_s=min(timeout_s, 1.0))
+        pipelined = probe_pipelining(
+            host, port, guard=guard, unit=unit, pdu=pdu, timeout_s=min(timeout_s, 1.0)
+        )
         depth = 16 if pipelined else 1
     else:
         depth = int(in_flight)
-    with ModbusFlood(host, port, guard=guard, unit=unit, pdu=pdu, connections=connections,
-                     in_flight=depth, connection_rate=connection_rate, timeout_s=timeout_s,
-                     stop=stop) as flood:
+    with ModbusFlood(
+        host,
+        port,
+        guard=guard,
+        unit=unit,
+        pdu=pdu,
+        connections=connections,
+        in_flight=depth,
+        connection_rate=connection_rate,
+        timeout_s=timeout_s,
+        stop=stop,
+    ) as flood:
         result = flood.run(rate, duration_s, max_requests=max_requests)
     if pipelined is not None:
         result.details["pipelining"] = pipelined

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from harness.errors import HarnessError
-from harness.load import StopFlag
+from harness.load import StopFlag, open_tcp
 
 if TYPE_CHECKING:
     from harness.profile import LoadedProfile
@@ -137,8 +137,13 @@ class MonitorConfig:
         return cls(**data)
 
     @classmethod
-    def from_profile(cls, loaded: LoadedProfile, *, rate_hz: float = DEFAULT_RATE_HZ,
-                     max_runtime_s: float = 600.0) -> MonitorConfig:
+    def from_profile(
+        cls,
+        loaded: LoadedProfile,
+        *,
+        rate_hz: float = DEFAULT_RATE_HZ,
+        max_runtime_s: float = 600.0,
+    ) -> MonitorConfig:
         """Map the profile's essential functions to probes.
 
         A profile without essential functions gets a TCP connect probe per declared network
@@ -152,44 +157,94 @@ class MonitorConfig:
             if ef.kind == "modbus_heartbeat":
                 mb = ifs.modbus_tcp
                 if mb is None:
-                    raise HarnessError("essential function modbus_heartbeat needs a modbus_tcp "
-                                       "interface in the profile")
-                probes.append(ProbeSpec(
-                    "modbus_heartbeat", f"modbus_heartbeat@{mb.host}:{mb.port}/HR{ef.address}",
-                    mb.host, mb.port, max_latency_ms=ef.max_stall_ms,
-                    max_stall_ms=ef.max_stall_ms, unit=mb.unit_id, address=ef.address))
+                    raise HarnessError(
+                        "essential function modbus_heartbeat needs a modbus_tcp "
+                        "interface in the profile"
+                    )
+                probes.append(
+                    ProbeSpec(
+                        "modbus_heartbeat",
+                        f"modbus_heartbeat@{mb.host}:{mb.port}/HR{ef.address}",
+                        mb.host,
+                        mb.port,
+                        max_latency_ms=ef.max_stall_ms,
+                        max_stall_ms=ef.max_stall_ms,
+                        unit=mb.unit_id,
+                        address=ef.address,
+                    )
+                )
             elif ef.kind == "tcp_connect":
-                probes.append(ProbeSpec("tcp_connect", f"tcp_connect@{ef.host}:{ef.port}",
-                                        ef.host, ef.port, max_latency_ms=ef.max_latency_ms))
+                probes.append(
+                    ProbeSpec(
+                        "tcp_connect",
+                        f"tcp_connect@{ef.host}:{ef.port}",
+                        ef.host,
+                        ef.port,
+                        max_latency_ms=ef.max_latency_ms,
+                    )
+                )
             elif ef.kind == "opcua_read":
                 ua = ifs.opcua
                 if ua is None:
-                    raise HarnessError("essential function opcua_read needs an opcua interface "
-                                       "in the profile")
+                    raise HarnessError(
+                        "essential function opcua_read needs an opcua interface in the profile"
+                    )
                 opcua = _opcua_settings(loaded, ef.node)
                 if opcua is None:
-                    notes.append(f"opcua_read {ef.node}: the profile has no client certificate "
-                                 "or account for a secure session; probed as a TCP connect to "
-                                 f"{ua.host}:{ua.port}")
-                    probes.append(ProbeSpec("tcp_connect", f"tcp_connect@{ua.host}:{ua.port}",
-                                            ua.host, ua.port, max_latency_ms=ef.max_latency_ms))
+                    notes.append(
+                        f"opcua_read {ef.node}: the profile has no client certificate "
+                        "or account for a secure session; probed as a TCP connect to "
+                        f"{ua.host}:{ua.port}"
+                    )
+                    probes.append(
+                        ProbeSpec(
+                            "tcp_connect",
+                            f"tcp_connect@{ua.host}:{ua.port}",
+                            ua.host,
+                            ua.port,
+                            max_latency_ms=ef.max_latency_ms,
+                        )
+                    )
                 else:
-                    probes.append(ProbeSpec("opcua_read", f"opcua_read@{ua.endpoint}#{ef.node}",
-                                            ua.host, ua.port, max_latency_ms=ef.max_latency_ms,
-                                            opcua=opcua))
+                    probes.append(
+                        ProbeSpec(
+                            "opcua_read",
+                            f"opcua_read@{ua.endpoint}#{ef.node}",
+                            ua.host,
+                            ua.port,
+                            max_latency_ms=ef.max_latency_ms,
+                            opcua=opcua,
+                        )
+                    )
         if not probes:
             for name in ("modbus_tcp", "modbus_tls", "opcua", "ssh"):
                 iface = getattr(ifs, name)
                 if iface is not None:
-                    probes.append(ProbeSpec("tcp_connect", f"tcp_connect@{iface.host}:{iface.port}",
-                                            iface.host, iface.port, max_latency_ms=500.0))
-            notes.append("the profile declares no essential_functions: monitoring TCP "
-                         "reachability of each declared network interface (bound 500 ms)")
+                    probes.append(
+                        ProbeSpec(
+                            "tcp_connect",
+                            f"tcp_connect@{iface.host}:{iface.port}",
+                            iface.host,
+                            iface.port,
+                            max_latency_ms=500.0,
+                        )
+                    )
+            notes.append(
+                "the profile declares no essential_functions: monitoring TCP "
+                "reachability of each declared network interface (bound 500 ms)"
+            )
         s = prof.safety
-        return cls(probes=probes, allow=prof.allow_list(), rate_hz=rate_hz,
-                   abort_failed_samples=s.abort.failed_samples, abort_stall_ms=s.abort.stall_ms,
-                   connect_timeout_s=s.connect_timeout_s, request_timeout_s=s.request_timeout_s,
-                   max_runtime_s=max_runtime_s, notes=notes)
+        return cls(
+            probes=probes,
+            allow=prof.allow_list(),
+            rate_hz=rate_hz,
+            abort_failed_samples=s.abort.failed_samples,
+            abort_stall_ms=s.abort.stall_ms,
+            connect_timeout_s=s.connect_timeout_s,
+            request_timeout_s=s.request_timeout_s,
+            max_runtime_s=max_runtime_s,
+            notes=notes,
+        )
 
 
 def _opcua_settings(loaded: LoadedProfile, node: str) -> dict[str, str] | None:
@@ -198,17 +253,28 @@ def _opcua_settings(loaded: LoadedProfile, node: str) -> dict[str, str] | None:
     if ua is None or ua.client_cert is None or ua.client_key is None:
         return None
     acc = prof.accounts
-    creds = next((c for c in (acc.readonly, acc.operator, acc.admin)
-                  if c is not None and c.password is not None), None)
+    creds = next(
+        (
+            c
+            for c in (acc.readonly, acc.operator, acc.admin)
+            if c is not None and c.password is not None
+        ),
+        None,
+    )
     if creds is None or creds.password is None:
         return None
     ref = str.__str__(creds.password)
     if creds.password.scheme == "inline":
         ref = "inline:" + ref  # resolved in the parent and passed by environment
-    settings = {"endpoint": ua.endpoint, "node": node, "username": creds.username,
-                "password_ref": ref, "base_dir": str(loaded.base_dir),
-                "client_cert": str(loaded.resolve_path(ua.client_cert)),
-                "client_key": str(loaded.resolve_path(ua.client_key))}
+    settings = {
+        "endpoint": ua.endpoint,
+        "node": node,
+        "username": creds.username,
+        "password_ref": ref,
+        "base_dir": str(loaded.base_dir),
+        "client_cert": str(loaded.resolve_path(ua.client_cert)),
+        "client_key": str(loaded.resolve_path(ua.client_key)),
+    }
     if ua.application_uri:
         settings["application_uri"] = ua.application_uri
     return settings
@@ -232,11 +298,17 @@ class Sample:
 
     def to_json(self) -> str:
         """One JSON line."""
-        return json.dumps({"t": round(self.t, 6), "probe": self.probe, "ok": self.ok,
-                           "latency_ms": None if self.latency_ms is None
-                           else round(self.latency_ms, 3),
-                           "value": self.value, "stall_ms": None if self.stall_ms is None
-                           else round(self.stall_ms, 1), "error": self.error})
+        return json.dumps(
+            {
+                "t": round(self.t, 6),
+                "probe": self.probe,
+                "ok": self.ok,
+                "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 3),
+                "value": self.value,
+                "stall_ms": None if self.stall_ms is None else round(self.stall_ms, 1),
+                "error": self.error,
+            }
+        )
 
 
 class Probe:
@@ -262,19 +334,6 @@ class Probe:
 
     def close(self) -> None:
         """Release the probe's connection."""
-
-
-def _connect(host: str, port: int, timeout_s: float) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.settimeout(timeout_s)
-    try:
-        sock.connect((host, port))
-    except BaseException:
-        sock.close()
-        raise
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
 
 
 def _describe(exc: BaseException) -> str:
@@ -316,10 +375,17 @@ class ModbusHeartbeatProbe(Probe):
         t0 = time.monotonic()
         if self._sock is None:
             if not self.may_connect(t0):
-                return Sample(t0, self.spec.name, False, None, None, self._stall_ms(t0),
-                              "not connected (reconnect pending)")
+                return Sample(
+                    t0,
+                    self.spec.name,
+                    False,
+                    None,
+                    None,
+                    self._stall_ms(t0),
+                    "not connected (reconnect pending)",
+                )
             try:
-                self._sock = _connect(self.spec.host, self.spec.port, self.connect_timeout_s)
+                self._sock = open_tcp(self.spec.host, self.spec.port, self.connect_timeout_s)
             except OSError as exc:
                 return self._fail(t0, f"connect: {_describe(exc)}")
         sock = self._sock
@@ -355,8 +421,15 @@ class ModbusHeartbeatProbe(Probe):
         try:
             response = self._mbap.parse_pdu(match[0].pdu)
             if response.is_exception:
-                return Sample(t0, self.spec.name, False, latency, None, self._stall_ms(t0),
-                              f"exception {response.exception}")
+                return Sample(
+                    t0,
+                    self.spec.name,
+                    False,
+                    latency,
+                    None,
+                    self._stall_ms(t0),
+                    f"exception {response.exception}",
+                )
             value = response.registers()[0]
         except (self._mbap.FrameError, IndexError) as exc:
             return self._fail(t0, f"bad reply: {exc}", latency)
@@ -387,15 +460,23 @@ class TcpConnectProbe(Probe):
         """Connect once."""
         t0 = time.monotonic()
         try:
-            sock = _connect(self.spec.host, self.spec.port, self.connect_timeout_s)
+            sock = open_tcp(self.spec.host, self.spec.port, self.connect_timeout_s)
         except OSError as exc:
-            return Sample(t0, self.spec.name, False, (time.monotonic() - t0) * 1000.0, None,
-                          None, f"connect: {_describe(exc)}")
+            return Sample(
+                t0,
+                self.spec.name,
+                False,
+                (time.monotonic() - t0) * 1000.0,
+                None,
+                None,
+                f"connect: {_describe(exc)}",
+            )
         latency = (time.monotonic() - t0) * 1000.0
         sock.close()
         ok = latency <= self.spec.max_latency_ms
-        return Sample(t0, self.spec.name, ok, latency, None, None,
-                      "" if ok else f"slow: {latency:.0f} ms")
+        return Sample(
+            t0, self.spec.name, ok, latency, None, None, "" if ok else f"slow: {latency:.0f} ms"
+        )
 
 
 class OpcUaReadProbe(Probe):
@@ -426,7 +507,8 @@ class OpcUaReadProbe(Probe):
         if "application_uri" in s:
             client.application_uri = s["application_uri"]
         await client.set_security_string(
-            f"Basic256Sha256,SignAndEncrypt,{s['client_cert']},{s['client_key']}")
+            f"Basic256Sha256,SignAndEncrypt,{s['client_cert']},{s['client_key']}"
+        )
         client.set_user(s["username"])
         client.set_password(self._password())
         await asyncio.wait_for(client.connect(), self._session_timeout_s * 2)
@@ -441,26 +523,36 @@ class OpcUaReadProbe(Probe):
         t0 = time.monotonic()
         if self._client is None:
             if not self.may_connect(t0):
-                return Sample(t0, self.spec.name, False, None, None, None,
-                              "no session (reconnect pending)")
+                return Sample(
+                    t0, self.spec.name, False, None, None, None, "no session (reconnect pending)"
+                )
             try:
                 self._loop.run_until_complete(self._open())
             except Exception as exc:  # any failure to open is a failed sample
                 self.close()
-                return Sample(t0, self.spec.name, False, None, None, None,
-                              f"session: {_describe(exc)}")
+                return Sample(
+                    t0, self.spec.name, False, None, None, None, f"session: {_describe(exc)}"
+                )
             t0 = time.monotonic()
         try:
             value = self._loop.run_until_complete(self._read())
         except Exception as exc:  # any failed read is a failed sample
             self.close()
-            return Sample(t0, self.spec.name, False, (time.monotonic() - t0) * 1000.0, None,
-                          None, f"read: {_describe(exc)}")
+            return Sample(
+                t0,
+                self.spec.name,
+                False,
+                (time.monotonic() - t0) * 1000.0,
+                None,
+                None,
+                f"read: {_describe(exc)}",
+            )
         latency = (time.monotonic() - t0) * 1000.0
         ok = latency <= self.spec.max_latency_ms
         shown = value if isinstance(value, int | float | str) else str(value)[:40]
-        return Sample(t0, self.spec.name, ok, latency, shown, None,
-                      "" if ok else f"slow: {latency:.0f} ms")
+        return Sample(
+            t0, self.spec.name, ok, latency, shown, None, "" if ok else f"slow: {latency:.0f} ms"
+        )
 
     def close(self) -> None:
         """Close the session (best effort, bounded)."""
@@ -499,8 +591,13 @@ class _ProbeState:
         self.samples = 0
 
 
-def _run_probe(probe: Probe, period: float, state: _ProbeState, out: queue.SimpleQueue[Sample],
-               stop: threading.Event) -> None:
+def _run_probe(
+    probe: Probe,
+    period: float,
+    state: _ProbeState,
+    out: queue.SimpleQueue[Sample],
+    stop: threading.Event,
+) -> None:
     next_at = time.monotonic()
     try:
         while not stop.is_set():
@@ -529,8 +626,9 @@ def _raise_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, 0, -10)  # only root may; best effort
 
 
-def run_monitor(config: MonitorConfig, flag: StopFlag, out: TextIO,
-                ready: TextIO | None = None) -> str:
+def run_monitor(
+    config: MonitorConfig, flag: StopFlag, out: TextIO, ready: TextIO | None = None
+) -> str:
     """Poll until stopped; write samples and events to ``out``; return why it stopped.
 
     Stops on the parent's stop request, after ``max_runtime_s``, or when the parent dies.
@@ -548,14 +646,29 @@ def run_monitor(config: MonitorConfig, flag: StopFlag, out: TextIO,
     states = [_ProbeState() for _ in probes]
     samples: queue.SimpleQueue[Sample] = queue.SimpleQueue()
     stop = threading.Event()
-    threads = [threading.Thread(target=_run_probe, name=f"probe-{p.spec.name}",
-                                args=(p, 1.0 / config.rate_hz, st, samples, stop), daemon=True)
-               for p, st in zip(probes, states, strict=True)]
+    threads = [
+        threading.Thread(
+            target=_run_probe,
+            name=f"probe-{p.spec.name}",
+            args=(p, 1.0 / config.rate_hz, st, samples, stop),
+            daemon=True,
+        )
+        for p, st in zip(probes, states, strict=True)
+    ]
     for th in threads:
         th.start()
     if ready is not None:
-        ready.write(json.dumps({"event": "ready", "pid": os.getpid(), "t": started,
-                                "probes": [p.name for p in config.probes]}) + "\n")
+        ready.write(
+            json.dumps(
+                {
+                    "event": "ready",
+                    "pid": os.getpid(),
+                    "t": started,
+                    "probes": [p.name for p in config.probes],
+                }
+            )
+            + "\n"
+        )
         ready.flush()
     aborted = False
     reason = "max_runtime"
@@ -578,11 +691,15 @@ def run_monitor(config: MonitorConfig, flag: StopFlag, out: TextIO,
                     if st.last_ok is None:
                         continue  # not armed before its first ok sample
                     if st.consecutive_failed >= config.abort_failed_samples:
-                        why = (f"{p.spec.name}: {st.consecutive_failed} failed samples in a row "
-                               f"(abort threshold {config.abort_failed_samples})")
+                        why = (
+                            f"{p.spec.name}: {st.consecutive_failed} failed samples in a row "
+                            f"(abort threshold {config.abort_failed_samples})"
+                        )
                     elif now - st.last_ok >= stall_s:
-                        why = (f"{p.spec.name}: not ok for {(now - st.last_ok) * 1000:.0f} ms "
-                               f"(abort threshold {config.abort_stall_ms:g} ms)")
+                        why = (
+                            f"{p.spec.name}: not ok for {(now - st.last_ok) * 1000:.0f} ms "
+                            f"(abort threshold {config.abort_stall_ms:g} ms)"
+                        )
                     if why is not None:
                         flag.set()
                         aborted = True
@@ -607,8 +724,7 @@ def run_monitor(config: MonitorConfig, flag: StopFlag, out: TextIO,
                 out.write(samples.get_nowait().to_json() + "\n")
             except queue.Empty:
                 break
-        out.write(json.dumps({"event": "stopped", "t": time.monotonic(), "reason": reason})
-                  + "\n")
+        out.write(json.dumps({"event": "stopped", "t": time.monotonic(), "reason": reason}) + "\n")
         out.flush()
         guard.disarm()
     return reason
@@ -616,8 +732,10 @@ def run_monitor(config: MonitorConfig, flag: StopFlag, out: TextIO,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m harness.load.monitor``."""
-    ap = argparse.ArgumentParser(prog="python -m harness.load.monitor",
-                                 description="essential-function monitor (its own process)")
+    ap = argparse.ArgumentParser(
+        prog="python -m harness.load.monitor",
+        description="essential-function monitor (its own process)",
+    )
     ap.add_argument("--config", required=True, help="MonitorConfig JSON file")
     ap.add_argument("--flag", required=True, help="shared StopFlag file")
     ap.add_argument("--out", required=True, help="samples JSONL file to write")
@@ -670,9 +788,22 @@ class MonitorProcess:
                 env["HARNESS_MONITOR_OPCUA_PASSWORD"] = spec.opcua["password_ref"][7:]
         with self.stderr_path.open("wb") as err:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "harness.load.monitor", "--config", str(cfg),
-                 "--flag", str(self.flag.path), "--out", str(self.samples_path)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=env)
+                [
+                    sys.executable,
+                    "-m",
+                    "harness.load.monitor",
+                    "--config",
+                    str(cfg),
+                    "--flag",
+                    str(self.flag.path),
+                    "--out",
+                    str(self.samples_path),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=env,
+            )
         assert self._proc.stdout is not None
         deadline = time.monotonic() + ready_timeout_s
         line = b""
@@ -833,8 +964,9 @@ def figures(samples: Iterable[Sample], probe: str, t0: float, t1: float) -> Prob
     return fig
 
 
-def recovery_time(samples: Sequence[Sample], probes: Sequence[str], load_end: float,
-                  settle: int = SETTLE_SAMPLES) -> float | None:
+def recovery_time(
+    samples: Sequence[Sample], probes: Sequence[str], load_end: float, settle: int = SETTLE_SAMPLES
+) -> float | None:
     """Seconds from ``load_end`` until every probe is ok and stays ok to the last sample.
 
     0.0 when nothing failed after the load ended; None when some probe has not yet shown
@@ -879,15 +1011,26 @@ class Judgement:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready, for an evidence note."""
-        return {"within_bounds": self.within_bounds, "recovered": self.recovered,
-                "recovery_s": None if self.recovery_s is None else round(self.recovery_s, 3),
-                "recovery_wait_s": self.recovery_wait_s, "abort_reason": self.abort_reason,
-                "problems": self.problems,
-                "during": {k: v.to_json() for k, v in self.during.items()}}
+        return {
+            "within_bounds": self.within_bounds,
+            "recovered": self.recovered,
+            "recovery_s": None if self.recovery_s is None else round(self.recovery_s, 3),
+            "recovery_wait_s": self.recovery_wait_s,
+            "abort_reason": self.abort_reason,
+            "problems": self.problems,
+            "during": {k: v.to_json() for k, v in self.during.items()},
+        }
 
 
-def judge(samples: Sequence[Sample], probes: Sequence[str], *, load_start: float,
-          load_end: float, recovery_wait_s: float, abort_reason: str | None = None) -> Judgement:
+def judge(
+    samples: Sequence[Sample],
+    probes: Sequence[str],
+    *,
+    load_start: float,
+    load_end: float,
+    recovery_wait_s: float,
+    abort_reason: str | None = None,
+) -> Judgement:
     """Judge the samples of one load: within bounds during ``[load_start, load_end]``, and
     recovered within ``recovery_wait_s`` after ``load_end``."""
     during = {p: figures(samples, p, load_start, load_end) for p in probes}
@@ -896,19 +1039,23 @@ def judge(samples: Sequence[Sample], probes: Sequence[str], *, load_start: float
         if fig.samples == 0:
             problems.append(f"{p}: no sample during the load (monitor starved or not running)")
         elif fig.failed:
-            common = ", ".join(f"{k} x{v}" for k, v in sorted(fig.errors.items(),
-                                                             key=lambda kv: -kv[1])[:3])
+            common = ", ".join(
+                f"{k} x{v}" for k, v in sorted(fig.errors.items(), key=lambda kv: -kv[1])[:3]
+            )
             problems.append(
                 f"{p}: {fig.failed} of {fig.samples} samples out of bounds during the load "
                 f"(longest outage {fig.longest_outage_ms:.0f} ms, max stall "
                 f"{fig.max_stall_ms:.0f} ms, latency p99 {fig.latency_p99_ms or 0:.1f} ms; "
-                f"{common})")
+                f"{common})"
+            )
     within = not problems
     rec = recovery_time(samples, probes, load_end)
     recovered = rec is not None and rec <= recovery_wait_s
     if rec is None:
-        problems.append(f"not recovered: the essential function was not ok and steady within "
-                        f"{recovery_wait_s:g} s after the load ended")
+        problems.append(
+            f"not recovered: the essential function was not ok and steady within "
+            f"{recovery_wait_s:g} s after the load ended"
+        )
     elif not recovered:
         problems.append(f"recovered only after {rec:.2f} s (allowed {recovery_wait_s:g} s)")
     if abort_reason:
@@ -916,8 +1063,9 @@ def judge(samples: Sequence[Sample], probes: Sequence[str], *, load_start: float
     return Judgement(during, within, rec, recovered, recovery_wait_s, abort_reason, problems)
 
 
-def timeline_rows(samples: Iterable[Sample], origin: float,
-                  marks: Sequence[tuple[str, float]] = ()) -> list[dict[str, Any]]:
+def timeline_rows(
+    samples: Iterable[Sample], origin: float, marks: Sequence[tuple[str, float]] = ()
+) -> list[dict[str, Any]]:
     """Samples as CSV rows, ``t`` in seconds from ``origin`` and a ``phase`` column from the
     ``marks`` (label, start time) in time order."""
     ordered = sorted(marks, key=lambda m: m[1])
@@ -927,12 +1075,18 @@ def timeline_rows(samples: Iterable[Sample], origin: float,
         for label, at in ordered:
             if s.t >= at:
                 phase = label
-        rows.append({"t": round(s.t - origin, 4), "phase": phase, "probe": s.probe,
-                     "ok": int(s.ok),
-                     "latency_ms": "" if s.latency_ms is None else round(s.latency_ms, 3),
-                     "value": "" if s.value is None else s.value,
-                     "stall_ms": "" if s.stall_ms is None else round(s.stall_ms, 1),
-                     "error": s.error})
+        rows.append(
+            {
+                "t": round(s.t - origin, 4),
+                "phase": phase,
+                "probe": s.probe,
+                "ok": int(s.ok),
+                "latency_ms": "" if s.latency_ms is None else round(s.latency_ms, 3),
+                "value": "" if s.value is None else s.value,
+                "stall_ms": "" if s.stall_ms is None else round(s.stall_ms, 1),
+                "error": s.error,
+            }
+        )
     return rows
 
 
