@@ -297,16 +297,30 @@ def fail(name: str, message: str) -> None:
 
 
 def install_stop_handler(on_stop: Callable[[], None]) -> None:
-    """Call ``on_stop`` once on SIGTERM or SIGINT (from the main thread)."""
-    fired = threading.Event()
+    """Call ``on_stop`` once on the first SIGTERM or SIGINT, from a thread of its own.
+
+    A Python signal handler runs on the main thread between two bytecodes, possibly while that
+    thread holds a lock (inside ``threading.Event.wait``, say); a handler that takes the same
+    lock (``Event.set``) then waits for itself forever. So the handler only writes a byte to a
+    pipe, which takes no lock, and a watcher thread reading that pipe calls ``on_stop``.
+    """
+    read_fd, write_fd = os.pipe()
+    fired = False
 
     def handler(signum: int, frame: object) -> None:
-        if not fired.is_set():
-            fired.set()
-            # a repeated signal while shutting down must not kill us with the default action
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        nonlocal fired
+        if fired:
+            return
+        fired = True
+        # a repeated signal while shutting down must not kill us with the default action
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        os.write(write_fd, b"!")
+
+    def watch() -> None:
+        if os.read(read_fd, 1):
             on_stop()
 
+    threading.Thread(target=watch, name="stop-signal", daemon=True).start()
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

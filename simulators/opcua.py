@@ -73,7 +73,6 @@ import argparse
 import asyncio
 import concurrent.futures
 import logging
-import signal
 import socket
 import sys
 import threading
@@ -102,11 +101,7 @@ class _StopSignal:
         self._event: asyncio.Event | None = None
 
     def request(self) -> None:
-        """Called from the signal handler (main thread) on the first SIGTERM or SIGINT."""
-        # CPython puts the default action back at interpreter shutdown, so a repeated SIGTERM
-        # while the simulator is shutting down would kill it (exit -15); ignore repeats.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        """Called (from the stop-signal thread) on the first SIGTERM or SIGINT."""
         with self._lock:
             self._requested = True
             if self._loop is not None and self._event is not None:
