@@ -84,6 +84,20 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- plan
 def collect_checks(profile_path: str, extra: Sequence[str] = ()) -> list[CheckSpec]:
+    """The conformance checks' specs: from the cache while no check changed, else collected."""
+    if extra:
+        return _collect_with_pytest(profile_path, extra)
+    from harness import checkcache
+    from harness.paths import testcases_dir
+
+    # what a check declares is read by harness code: any change to it is a new cache key
+    package = Path(__file__).resolve().parent
+    return checkcache.cached_specs(
+        testcases_dir(), [*package.glob("*.py"), RUN_INI],
+        lambda: _collect_with_pytest(profile_path, ()))
+
+
+def _collect_with_pytest(profile_path: str, extra: Sequence[str]) -> list[CheckSpec]:
     """Collect the conformance checks with pytest (nothing is sent) and return their specs."""
     import pytest
 

@@ -30,7 +30,8 @@ import pytest
 
 from harness.errors import HarnessError, ProfileError
 from harness.evidence import Evidence, has_secrets, scrub_text, slug
-from harness.verdict import CheckResult, NotApplicable, NotRun, Verdict, Violation
+from harness.outcomes import NotApplicable, NotRun
+from harness.verdict import CheckResult, Verdict, Violation
 
 if TYPE_CHECKING:
     from harness.catalog import Catalog

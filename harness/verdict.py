@@ -18,8 +18,6 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import pytest
-
 
 class Verdict(StrEnum):
     """The five verdicts of a check."""
@@ -46,14 +44,6 @@ class Violation(AssertionError):
     """Raised by a check (or :func:`fail`) when it observed the device violating a requirement."""
 
 
-class NotApplicable(pytest.skip.Exception):  # type: ignore[misc, name-defined]
-    """Raised by a check that finds at run time that its requirement does not apply."""
-
-
-class NotRun(pytest.skip.Exception):  # type: ignore[misc, name-defined]
-    """Raised by a check that must not or cannot run (not allowed, no privileges)."""
-
-
 def fail(message: str) -> None:
     """Declare a violation; the observed values belong in ``message``."""
     __tracebackhide__ = True
@@ -63,12 +53,16 @@ def fail(message: str) -> None:
 def not_applicable(reason: str) -> None:
     """Stop the check as NOT APPLICABLE with ``reason``."""
     __tracebackhide__ = True
+    from harness.outcomes import NotApplicable
+
     raise NotApplicable(msg=reason, allow_module_level=True)
 
 
 def not_run(reason: str) -> None:
     """Stop the check as NOT RUN with ``reason``."""
     __tracebackhide__ = True
+    from harness.outcomes import NotRun
+
     raise NotRun(msg=reason, allow_module_level=True)
 
 
