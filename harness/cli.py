@@ -273,6 +273,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     pargs.append("-q" if not args.verbose else "-v")
     if args.allow_disruptive:
         pargs.append("--allow-disruptive")
+    if args.monitor:
+        pargs.append("--monitor-run")
     if args.k:
         pargs += ["-k", args.k]
     pargs += args.pytest_args
@@ -300,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-disruptive",
         action="store_true",
         help="run disruptive checks (load, floods, lockout, writes)",
+    )
+    s.add_argument(
+        "--monitor",
+        action="store_true",
+        help="watch the essential functions for the whole run and tell which check upset them",
     )
     s.add_argument("-k", metavar="EXPR", help="only checks matching EXPR (pytest -k)")
     s.add_argument("-v", "--verbose", action="store_true")

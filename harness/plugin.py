@@ -36,6 +36,7 @@ from harness.verdict import CheckResult, Verdict, Violation
 if TYPE_CHECKING:
     from harness.catalog import Catalog
     from harness.profile import LoadedProfile
+    from harness.runmonitor import RunMonitor
     from harness.safety import Guard
     from harness.selection import CheckSpec, Decision  # noqa: F401 - named in StashKey["..."]
 
@@ -89,6 +90,10 @@ class HarnessRun:
     interrupted: bool = False
     #: A failure after the last check (e.g. a restore in session teardown), for the report.
     teardown_problem: str | None = None
+    #: The whole-run essential-function monitor (``--monitor-run``) and, at the end, its section
+    #: of the results.
+    monitor: RunMonitor | None = None
+    monitor_section: dict[str, Any] | None = None
 
 
 def get_run(config: pytest.Config) -> HarnessRun | None:
@@ -117,6 +122,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         default=False,
         help="run disruptive checks (load, floods, lockout, writes)",
+    )
+    group.addoption(
+        "--monitor-run",
+        action="store_true",
+        default=False,
+        help="watch the device's essential functions for the whole run, not only under load",
     )
 
 
@@ -215,6 +226,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if run is not None:
         run.guard.arm()
         _stop_on_sigterm()
+        if session.config.getoption("--monitor-run", False):
+            _start_run_monitor(run)
+
+
+def _start_run_monitor(run: HarnessRun) -> None:
+    """Start the whole-run monitor; a monitor that cannot start is a usage error (exit 2)."""
+    from harness.runmonitor import RunMonitor
+
+    monitor = RunMonitor(run.loaded)
+    try:
+        monitor.start()
+    except HarnessError as exc:
+        raise pytest.UsageError(f"--monitor: {exc}") from None
+    run.monitor = monitor
 
 
 def _stop_on_sigterm() -> None:
@@ -361,6 +386,8 @@ def _record(item: pytest.Item, *, probe: bool = True) -> None:
         observations = ev.observations()
         if run.out is not None:
             files = ev.save(run.out / "evidence" / slug(item.nodeid), run.out)
+    if run.monitor is not None and decision.runs:
+        run.monitor.check_ran(item.nodeid, t0, time.monotonic())
     if probe and verdict is Verdict.ERROR and decision.runs and run.breaker is None:
         _maybe_open_breaker(run, item.nodeid)
     spec, req = decision.check, decision.requirement
@@ -422,6 +449,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Any:
 
 
 def _finish(session: pytest.Session, run: HarnessRun, exitstatus: int) -> None:
+    _finish_run_monitor(run)
     run.guard.disarm()
     if exitstatus in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERNAL_ERROR):
         return
@@ -436,6 +464,17 @@ def _finish(session: pytest.Session, run: HarnessRun, exitstatus: int) -> None:
     session.exitstatus = code
 
 
+def _finish_run_monitor(run: HarnessRun) -> None:
+    """Stop the whole-run monitor and cut its samples per check (never loses the report)."""
+    if run.monitor is None:
+        return
+    try:
+        run.monitor_section = run.monitor.finish(run.results, run.out)
+    except Exception as exc:  # the report must still be written: say what went wrong in it
+        run.monitor.stop()
+        run.monitor_section = {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     run = get_run(config)
     if run is None or not run.results:
@@ -446,5 +485,22 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     order = [str(v) for v in Verdict]
     text = ", ".join(f"{counts[v]} {v}" for v in order if v in counts)
     terminalreporter.write_sep("=", f"harness verdicts: {text}")
+    section = run.monitor_section
+    if section is not None:
+        terminalreporter.write_line(_monitor_line(section))
     if run.out is not None:
         terminalreporter.write_line(f"report: {run.out}")
+
+
+def _monitor_line(section: dict[str, Any]) -> str:
+    """One line on the whole-run monitor for the terminal."""
+    if "error" in section:
+        return f"essential function monitor: {section['error']}"
+    failed = sum(int(p.get("failed", 0)) for p in section["probes"].values())
+    line = (f"essential function: {section['samples']} samples over "
+            f"{section['duration_s']:.0f} s, {failed} out of bounds")
+    during = section["checks_out_of_bounds"]
+    if during:
+        line += f" (during {len(during)} check(s): {', '.join(during[:3])}"
+        line += ", ...)" if len(during) > 3 else ")"
+    return line

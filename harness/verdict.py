@@ -95,6 +95,9 @@ class CheckResult:
     evidence: list[str] = field(default_factory=list)
     #: Observed exchanges worth reading without opening the evidence files (bounded).
     observations: list[dict[str, Any]] = field(default_factory=list)
+    #: With ``harness run --monitor``: the essential-function probes that were out of bounds
+    #: while this check ran, with their figures (empty: within bounds, or not monitored).
+    monitor: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""

@@ -90,7 +90,7 @@ def test_every_outcome_maps_to_its_verdict(full_run: Any) -> None:
 def test_results_document(full_run: Any) -> None:
     code, results, _, out = full_run
     assert code == 1  # a FAIL wins over the ERRORs
-    assert results["schema_version"] == "1.1"
+    assert results["schema_version"] == "1.2"
     assert results["complete"] is True
     assert results["summary"] == {
         "PASS": 2,

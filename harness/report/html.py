@@ -816,6 +816,13 @@ def _check(check: dict[str, Any], anchor: str, run_dir: Path | None) -> str:
     ]
     if check.get("weakness"):
         facts.append(("Detects (simulator weakness)", f"<code>{_e(check['weakness'])}</code>"))
+    monitor = check.get("monitor")
+    if isinstance(monitor, dict) and monitor:
+        lost = ", ".join(
+            f"{_e(name)}: {_e(fig.get('failed'))} of {_e(fig.get('samples'))} samples"
+            for name, fig in monitor.items() if isinstance(fig, dict)
+        )
+        facts.append(("Essential function while it ran", f"out of bounds ({lost})"))
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
     reason = check.get("reason") or ""
     reason_html = f"<h4>Reason</h4><pre>{_e(reason)}</pre>" if reason else ""
@@ -865,6 +872,50 @@ def _checks(checks: list[dict[str, Any]], ids: dict[int, str], run_dir: Path | N
     return "".join(parts)
 
 
+def _run_monitor(results: dict[str, Any], checks: list[dict[str, Any]],
+                 ids: dict[int, str]) -> str:
+    """The whole-run monitor (``harness run --monitor``): figures per probe, checks during
+    which the essential function was out of bounds, and the timeline file."""
+    section = results.get("monitor")
+    if not isinstance(section, dict):
+        return ""
+    head = '<section id="run-monitor"><h2>Essential function over the whole run</h2>'
+    if "error" in section:
+        return f"{head}<p>The monitor failed: {_e(section['error'])}</p></section>"
+
+    def ms(value: object) -> str:
+        number = _float(value)
+        return "" if number is None else f"{number:.1f}"
+
+    rows = "".join(
+        f"<tr><td><code>{_e(name)}</code></td><td>{_e(fig.get('samples'))}</td>"
+        f"<td>{_e(fig.get('failed'))}</td><td>{ms(fig.get('longest_outage_ms'))}</td>"
+        f"<td>{ms(fig.get('latency_p50_ms'))}</td><td>{ms(fig.get('latency_p99_ms'))}</td></tr>"
+        for name, fig in sorted(section.get("probes", {}).items()) if isinstance(fig, dict)
+    )
+    anchors = {c.get("nodeid"): ids[i] for i, c in enumerate(checks)}
+    during = [
+        f'<li><a href="#{anchors[n]}">{_e(n)}</a></li>' if n in anchors else f"<li>{_e(n)}</li>"
+        for n in section.get("checks_out_of_bounds", [])
+    ]
+    gaps = section.get("between_checks", [])
+    timeline = section.get("timeline")
+    link = _safe_href(timeline) if isinstance(timeline, str) else None
+    return (
+        f"{head}<p class='muted'>{_e(section.get('samples'))} samples at "
+        f"{_e(section.get('rate_hz'))} Hz over {_e(section.get('duration_s'))} s. The monitor "
+        "observes; a check's verdict is what that check saw.</p>"
+        "<table><thead><tr><th>Probe</th><th>Samples</th><th>Out of bounds</th>"
+        "<th>Longest outage (ms)</th><th>p50 (ms)</th><th>p99 (ms)</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+        + (f"<h3>Out of bounds while these checks ran</h3><ul>{''.join(during)}</ul>"
+           if during else "<p>Within bounds during every check.</p>")
+        + (f"<p>{len(gaps)} sample(s) out of bounds between checks.</p>" if gaps else "")
+        + (f'<p>Timeline: <a href="{_e(link)}">{_e(timeline)}</a></p>' if link else "")
+        + "</section>"
+    )
+
+
 def _footer(results: dict[str, Any]) -> str:
     versions = results.get("versions", {})
     items = ", ".join(f"{_e(k)} {_e(v)}" for k, v in versions.items())
@@ -894,6 +945,7 @@ def render_html(results: dict[str, Any], run_dir: Path | None = None) -> str:
         '<meta name="generator" content="harness">'
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>"
         f"{_header(results)}{_summary(results, checks, ids)}{_matrix(results)}"
+        f"{_run_monitor(results, checks, ids)}"
         f"{_documents(results)}{_waivers(results)}{_checks(checks, ids, run_dir)}"
         f"{_footer(results)}</main></body></html>\n"
     )

@@ -5,6 +5,10 @@ Schema changelog (data-semver: add = minor, rename or remove = major):
 - ``1.0``: the first schema.
 - ``1.1``: adds ``documents``, the requirements of the component type at SL <= claimed that need
   documentary evidence rather than traffic (``id``, ``fr``, ``sl``, ``title``).
+- ``1.2``: adds ``monitor`` (present with ``harness run --monitor``: the whole-run
+  essential-function figures per probe, ``checks_out_of_bounds``, ``between_checks``, the sample
+  count and the ``timeline`` CSV path) and, on each check, ``monitor`` (the probes out of bounds
+  while it ran; empty otherwise).
 
 A run folder is written in this order, each file atomically: ``evidence/`` (by the plugin, per
 check), ``results.json``, ``junit.xml``, ``report.html``, and ``manifest.json`` last, so that a
@@ -32,7 +36,7 @@ if TYPE_CHECKING:
     from harness.plugin import HarnessRun
 
 #: Version of the results document (data-semver: add = minor, rename or remove = major).
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 _LIBRARIES = (
     "pymodbus",
@@ -126,6 +130,8 @@ def build_results(run: HarnessRun, *, complete: bool) -> dict[str, Any]:
         ),
         "checks": [r.to_json() for r in run.results],
     }
+    if run.monitor_section is not None:
+        doc["monitor"] = run.monitor_section
     scrubbed: dict[str, Any] = scrub(doc)
     return scrubbed
 
