@@ -225,21 +225,25 @@ def _pick_loopback() -> str:
             return f"127.{a}.{b}.{c}"
 
 
-def wildcard_listeners() -> list[int]:
-    """TCP ports this machine listens on for every address (0.0.0.0 or ::).
+def wildcard_listeners(protocol: str = "tcp") -> list[int]:
+    """Ports this machine listens on for every address (0.0.0.0 or ::), TCP or UDP.
 
     They answer on the lab's loopback address too, although they are not part of the simulated
     device; the generated profile declares them so a port inventory judges only the lab.
     """
+    if protocol not in ("tcp", "udp"):
+        raise ValueError(f"protocol must be tcp or udp, got {protocol!r}")
+    # a TCP socket accepting connections is LISTEN (0A); a bound UDP socket is "closed" (07)
+    state = "0A" if protocol == "tcp" else "07"
     ports: set[int] = set()
-    for table, wildcard in (("/proc/net/tcp", "00000000"), ("/proc/net/tcp6", "0" * 32)):
+    for suffix, wildcard in (("", "00000000"), ("6", "0" * 32)):
         try:
-            lines = Path(table).read_text().splitlines()[1:]
+            lines = Path(f"/proc/net/{protocol}{suffix}").read_text().splitlines()[1:]
         except OSError:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) > 3 and fields[3] == "0A":  # LISTEN
+            if len(fields) > 3 and fields[3] == state:
                 addr, port = fields[1].split(":")
                 if addr == wildcard:
                     ports.add(int(port, 16))
@@ -496,6 +500,7 @@ def generated_profile(
             "idle_timeout_s": pol.idle_timeout_s,
             "banner_required": True,
             "open_ports": sorted(set(open_ports) | set(wildcard_listeners())),
+            "open_udp_ports": wildcard_listeners("udp"),
             "modbus_function_codes": [1, 2, 3, 4, 5, 6, 15, 16, 22, 23],
             "ssh_auth_methods": ["publickey", "password"],
             "rtu_broadcast": "ignore",

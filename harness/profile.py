@@ -441,6 +441,9 @@ class Expectations(Strict):
     banner_required: bool = True
     #: Open TCP ports the device is documented to have (anything else is a finding).
     open_ports: list[Port] = Field(default_factory=list)
+    #: UDP ports the device is documented to answer on (SNMP 161, BACnet 47808...; anything
+    #: else that answers a probe is a finding).
+    open_udp_ports: list[Port] = Field(default_factory=list)
     #: Modbus function codes the device is documented to support.
     modbus_function_codes: list[Annotated[int, Field(ge=1, le=127)]] = Field(
         default_factory=lambda: [1, 2, 3, 4, 5, 6, 15, 16, 22, 23]

@@ -49,12 +49,13 @@ def test_no_undeclared_open_ports(load: LoadKit, monitor: EssentialMonitor,
     must still be healthy at the end (otherwise the scan itself disturbed the device and the
     inventory cannot be trusted: ERROR).
 
-    Pass: the open TCP ports, and the UDP ports that answered, are all in
-    ``expectations.open_ports``. Declared ports found closed are reported, not failed (an
-    unused service switched off is what CR 7.7 asks for). Ports that neither answered nor
-    refused (filtered) are reported.
+    Pass: the open TCP ports are all in ``expectations.open_ports`` and the UDP ports that
+    answered all in ``expectations.open_udp_ports``. Declared ports found closed are reported,
+    not failed (an unused service switched off is what CR 7.7 asks for). Ports that neither
+    answered nor refused (filtered) are reported.
     """
     declared = set(device_profile.expectations.open_ports)
+    declared_udp = set(device_profile.expectations.open_udp_ports)
     hosts = device_profile.interfaces.hosts()
     undeclared: dict[str, list[str]] = {}
     monitor.wait_healthy()
@@ -66,9 +67,11 @@ def test_no_undeclared_open_ports(load: LoadKit, monitor: EssentialMonitor,
                               "ports not scanned")
         udp = load.udp_probe(host, COMMON_OT_UDP)
         extra_tcp = [p for p in scan.open if p not in declared]
-        extra_udp = [p for p, state in udp.items() if state == "open" and p not in declared]
+        extra_udp = [p for p, state in udp.items() if state == "open" and p not in declared_udp]
         closed_declared = sorted(p for p in declared if p not in scan.open)
         evidence.note("inventory", host=host, open_tcp=scan.open, declared=sorted(declared),
+                      declared_udp=sorted(declared_udp), open_udp=sorted(
+                          p for p, state in udp.items() if state == "open"),
                       undeclared_tcp=extra_tcp, undeclared_udp=extra_udp,
                       declared_but_closed=closed_declared,
                       common_ot_tcp_open=[p for p in scan.open if p in COMMON_OT_TCP],
@@ -84,5 +87,5 @@ def test_no_undeclared_open_ports(load: LoadKit, monitor: EssentialMonitor,
                           "inventory cannot be trusted: " + "; ".join(verdict.problems))
     if undeclared:
         fail("open ports the profile does not declare (expectations.open_ports = "
-             f"{sorted(declared)}): "
+             f"{sorted(declared)}, open_udp_ports = {sorted(declared_udp)}): "
              + "; ".join(f"{h}: {', '.join(ports)}" for h, ports in undeclared.items()))

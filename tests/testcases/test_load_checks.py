@@ -146,3 +146,46 @@ def test_port_inventory_passes_on_hardened(lab: Callable[..., Any],
     assert inventory and inventory[0]["data"]["undeclared_tcp"] == []
     modbus = [o for o in check["observations"] if o.get("summary", "").startswith("tcp scan")]
     assert modbus and modbus[0]["data"]["ports_scanned"] == 65535
+
+
+def test_port_inventory_judges_udp_against_the_declared_udp_ports(
+        lab: Callable[..., Any], run_harness: Callable[..., Any],
+        write_profile: Callable[..., Path]) -> None:
+    """A BACnet/IP responder on the device address: undeclared FAILS, declared PASSES."""
+    import socket
+    import threading
+
+    running = lab(["modbus_tcp"])
+    data = running.profile()
+    host = data["interfaces"]["modbus_tcp"]["host"]
+    data["safety"].update({"max_load_duration_s": 1.5, "max_packet_rate": 10000})
+    stop = threading.Event()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as responder:
+        responder.bind((host, 47808))
+        responder.settimeout(0.1)
+
+        def answer() -> None:  # bounded by the test: stops with the event
+            while not stop.is_set():
+                try:
+                    _, peer = responder.recvfrom(512)
+                except OSError:
+                    continue
+                responder.sendto(bytes.fromhex("810b0019"), peer)
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        try:
+            undeclared = run_harness(write_profile(data, "udp-undeclared.yaml"),
+                                     k="port_inventory")
+            data["expectations"]["open_udp_ports"] = [47808]
+            declared = run_harness(write_profile(data, "udp-declared.yaml"), k="port_inventory")
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+    (check,) = undeclared.checks("::test_no_undeclared_open_ports")
+    assert check["verdict"] == "FAIL", check["reason"]
+    assert "udp/47808" in check["reason"] and "tcp/" not in check["reason"]
+    (check,) = declared.checks("::test_no_undeclared_open_ports")
+    assert check["verdict"] == "PASS", check["reason"]
+    inventory = [o for o in check["observations"] if o.get("summary") == "inventory"]
+    assert inventory[0]["data"]["open_udp"] == [47808]
