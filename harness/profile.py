@@ -392,7 +392,20 @@ class TcpProbe(Strict):
         return check_host(v)
 
 
-EssentialFunction = Annotated[ModbusHeartbeat | OpcUaRead | TcpProbe, Field(discriminator="kind")]
+class SshBanner(Strict):
+    """The SSH service answers a new connection with its identification line within the bound.
+
+    More than a TCP connect (which the kernel completes even for a hung daemon): the SSH server
+    itself must be scheduled to say ``SSH-2.0-...``. Host and port are the ``ssh`` interface's.
+    """
+
+    kind: Literal["ssh_banner"]
+    max_latency_ms: int = Field(default=500, gt=0)
+
+
+EssentialFunction = Annotated[
+    ModbusHeartbeat | OpcUaRead | TcpProbe | SshBanner, Field(discriminator="kind")
+]
 
 
 # --------------------------------------------------------------------------- safety
@@ -512,6 +525,11 @@ class Profile(Strict):
                             f"accounts.{role}.{field_name}: inline secret refused (use env:NAME or "
                             "file:PATH, or set allow_insecure_inline_secrets: true)"
                         )
+        needs = {"modbus_heartbeat": "modbus_tcp", "opcua_read": "opcua", "ssh_banner": "ssh"}
+        for i, ef in enumerate(self.essential_functions):
+            iface = needs.get(ef.kind)
+            if iface is not None and getattr(self.interfaces, iface) is None:
+                problems.append(f"essential_functions.{i}: {ef.kind} needs interfaces.{iface}")
         if self.targets is not None:
             nets = [ipaddress.ip_network(t) for t in self.targets]
             for host in self.interfaces.hosts():

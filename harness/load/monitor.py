@@ -14,6 +14,8 @@ Probes (one thread each, polled at ``rate_hz``, default 50 Hz):
   must keep changing: a sample is *stalled* once the value has not changed for ``max_stall_ms``.
   A read must answer within ``max_stall_ms`` too (the profile gives no other bound for it);
 - ``tcp_connect``: a TCP connect that must complete within ``max_latency_ms``;
+- ``ssh_banner``: a TCP connect and the server's ``SSH-`` identification line, both within
+  ``max_latency_ms`` (the daemon, not only the kernel, must answer);
 - ``opcua_read``: a Read of the node on a secure session (asyncua, the profile's client
   certificate and an account, read-only preferred) within ``max_latency_ms``. Without a client
   certificate in the profile it falls back to a TCP connect to the endpoint (said in the config's
@@ -80,7 +82,7 @@ RECONNECT_GAP_S = {"modbus_heartbeat": 0.1, "tcp_connect": 0.0, "opcua_read": 1.
 class ProbeSpec:
     """One essential function to poll."""
 
-    #: ``modbus_heartbeat``, ``tcp_connect`` or ``opcua_read``.
+    #: ``modbus_heartbeat``, ``tcp_connect``, ``ssh_banner`` or ``opcua_read``.
     kind: str
     #: Name in the samples (``modbus_heartbeat@127.0.0.1:502``).
     name: str
@@ -180,6 +182,21 @@ class MonitorConfig:
                         f"tcp_connect@{ef.host}:{ef.port}",
                         ef.host,
                         ef.port,
+                        max_latency_ms=ef.max_latency_ms,
+                    )
+                )
+            elif ef.kind == "ssh_banner":
+                ssh = ifs.ssh
+                if ssh is None:
+                    raise HarnessError(
+                        "essential function ssh_banner needs an ssh interface in the profile"
+                    )
+                probes.append(
+                    ProbeSpec(
+                        "ssh_banner",
+                        f"ssh_banner@{ssh.host}:{ssh.port}",
+                        ssh.host,
+                        ssh.port,
                         max_latency_ms=ef.max_latency_ms,
                     )
                 )
@@ -479,6 +496,56 @@ class TcpConnectProbe(Probe):
         )
 
 
+#: The identification line: ``SSH-`` at the start of a line, up to CR LF (or LF).
+_SSH_ID = re.compile(rb"(?:^|\n)(SSH-[^\r\n]*)\r?\n")
+
+
+class SshBannerProbe(Probe):
+    """A new connection must bring the server's identification line (RFC 4253 4.2) in time."""
+
+    #: The identification line is at most 255 bytes; other lines may come first (4.2).
+    MAX_READ = 4096
+
+    def sample(self) -> Sample:
+        """Connect, read until the ``SSH-`` line, close."""
+        t0 = time.monotonic()
+        bound_s = self.spec.max_latency_ms / 1000.0
+
+        def failed(error: str) -> Sample:
+            return Sample(t0, self.spec.name, False, (time.monotonic() - t0) * 1000.0, None,
+                          None, error)
+
+        try:
+            sock = open_tcp(self.spec.host, self.spec.port, self.connect_timeout_s)
+        except OSError as exc:
+            return failed(f"connect: {_describe(exc)}")
+        try:
+            data = b""
+            deadline = t0 + max(bound_s, self.request_timeout_s)
+            while (found := _SSH_ID.search(data)) is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return failed("timeout: no SSH identification line")
+                sock.settimeout(remaining)
+                chunk = sock.recv(512)
+                if not chunk:
+                    return failed("closed before the SSH identification line")
+                data += chunk
+                if len(data) > self.MAX_READ:
+                    return failed("no SSH identification line in the first 4 KiB")
+        except TimeoutError:
+            return failed("timeout: no SSH identification line")
+        except OSError as exc:
+            return failed(f"read: {_describe(exc)}")
+        finally:
+            sock.close()
+        latency = (time.monotonic() - t0) * 1000.0
+        line = found.group(1)
+        ok = latency <= self.spec.max_latency_ms
+        return Sample(t0, self.spec.name, ok, latency, line[:64].decode("ascii", "replace"),
+                      None, "" if ok else f"slow: {latency:.0f} ms")
+
+
 class OpcUaReadProbe(Probe):
     """A Read of one node on a secure session (asyncua, on this thread's own event loop)."""
 
@@ -576,6 +643,8 @@ def make_probe(spec: ProbeSpec, config: MonitorConfig) -> Probe:
         return TcpConnectProbe(spec, config)
     if spec.kind == "opcua_read":
         return OpcUaReadProbe(spec, config)
+    if spec.kind == "ssh_banner":
+        return SshBannerProbe(spec, config)
     raise ValueError(f"unknown probe kind {spec.kind!r}")
 
 

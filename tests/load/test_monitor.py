@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, ProfileError
 from harness.load.monitor import (
     MonitorConfig,
     MonitorProcess,
@@ -226,3 +226,104 @@ def test_monitor_stops_by_itself_after_its_max_runtime(
     _wait_for(lambda: not mon.running)
     assert any(e.get("event") == "stopped" and e.get("reason") == "max_runtime"
                for e in mon.events)
+
+
+# --------------------------------------------------------------------------- ssh_banner
+class _BannerServer:
+    """Accepts connections; says ``greeting`` on each (nothing at all when it is empty)."""
+
+    def __init__(self, greeting: bytes) -> None:
+        import threading
+
+        self.greeting = greeting
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            if self.greeting:
+                conn.sendall(self.greeting)
+                conn.close()
+            else:
+                self.held.append(conn)  # a hung daemon: the kernel accepted, nobody speaks
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for conn in self.held:
+            conn.close()
+        self.listener.close()
+
+
+@pytest.fixture
+def banner_server() -> Iterator[Callable[[bytes], _BannerServer]]:
+    servers: list[_BannerServer] = []
+
+    def start(greeting: bytes) -> _BannerServer:
+        servers.append(_BannerServer(greeting))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def _ssh_config(port: int) -> MonitorConfig:
+    spec = ProbeSpec("ssh_banner", "ssh", "127.0.0.1", port, max_latency_ms=300.0)
+    return MonitorConfig([spec], ["127.0.0.1"], connect_timeout_s=1.0, request_timeout_s=1.0)
+
+
+def test_ssh_banner_probe_reads_the_identification_line(
+        banner_server: Callable[[bytes], _BannerServer],
+        run_monitor: Callable[..., MonitorProcess]) -> None:
+    # RFC 4253 4.2: other lines may come before the identification line
+    server = banner_server(b"welcome to the plant\r\nSSH-2.0-FakePLC_1.0\r\n")
+    mon = run_monitor(_ssh_config(server.port))
+    _wait_for(lambda: len(mon.poll()) >= 5)
+    samples = mon.poll()
+    assert all(s.ok for s in samples), [s.error for s in samples]
+    assert {s.value for s in samples} == {"SSH-2.0-FakePLC_1.0"}
+
+
+@pytest.mark.parametrize("greeting, error", [
+    (b"", "timeout: no SSH identification line"),  # accepted by the kernel, daemon silent
+    (b"HTTP/1.0 400 Bad Request\r\n", "closed before the SSH identification line"),
+])
+def test_ssh_banner_probe_fails_a_daemon_that_does_not_speak_ssh(
+        banner_server: Callable[[bytes], _BannerServer],
+        run_monitor: Callable[..., MonitorProcess], greeting: bytes, error: str) -> None:
+    server = banner_server(greeting)
+    mon = run_monitor(_ssh_config(server.port))
+    _wait_for(lambda: len(mon.poll()) >= 2)
+    samples = mon.poll()
+    assert samples and all(not s.ok and s.error == error for s in samples)
+
+
+def test_ssh_banner_comes_from_the_profile_ssh_interface(tmp_path: Path) -> None:
+    from harness.profile import load_profile
+
+    base = ("device: {vendor: A, model: B, firmware: '1', component_type: embedded}\n"
+            "claimed_sl: {FR1: 1, FR2: 1, FR3: 1, FR4: 1, FR5: 1, FR6: 1, FR7: 1}\n"
+            "essential_functions:\n  - {kind: ssh_banner, max_latency_ms: 250}\n")
+    good = tmp_path / "good.yaml"
+    good.write_text(base + "interfaces:\n  ssh: {host: 127.0.0.9, port: 2222}\n")
+    (spec,) = MonitorConfig.from_profile(load_profile(good)).probes
+    assert (spec.kind, spec.host, spec.port, spec.max_latency_ms) == (
+        "ssh_banner", "127.0.0.9", 2222, 250)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(base + "interfaces:\n  modbus_tcp: {host: 127.0.0.9}\n")
+    with pytest.raises(ProfileError) as err:
+        load_profile(bad)
+    assert err.value.problems == [
+        f"{bad}:4: essential_functions.0: ssh_banner needs interfaces.ssh"]
