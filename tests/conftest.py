@@ -112,6 +112,22 @@ class RunResult:
         """Node id -> verdict."""
         return {c["nodeid"]: c["verdict"] for c in self.results.get("checks", [])}
 
+    def protocol_verdicts(self, protocol: str) -> dict[str, str]:
+        """Check function name -> verdict, for the checks in modules named ``*_PROTOCOL.py``;
+        at least one must have run (else the output tail says why)."""
+        found = {
+            nodeid.split("::")[-1]: v
+            for nodeid, v in self.verdicts().items()
+            if f"_{protocol}.py::" in nodeid
+        }
+        assert found, f"no {protocol} checks ran:\n{self.stdout[-3000:]}\n{self.stderr[-3000:]}"
+        return found
+
+    def reason(self, name: str) -> str:
+        """The verdict reason of the one check whose function is ``name``."""
+        (check,) = self.checks(f"::{name}")
+        return str(check["reason"])
+
 
 def harness_cmd(*args: str) -> list[str]:
     """The command line of ``harness`` in this interpreter."""

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import secrets
-import time
 from typing import TYPE_CHECKING
 
 import pytest
 
-from harness.errors import TargetError
+from harness.lockout import LoginOutcome, budget_s, run_lockout
+from harness.safety import Deadline
 
 if TYPE_CHECKING:
     from harness.evidence import Evidence
-    from harness.fixtures.console import ConsoleAccount, ConsoleKit
-    from harness.protocols.console import LoginResult
+    from harness.fixtures.console import ConsoleKit
 
 pytestmark = pytest.mark.requirement("CR 1.11")
-
-#: A login after the threshold that takes at least this long counts as delayed, not accepted.
-DELAY_MIN_S = 2.0
-#: ... and at least this many times the control login's answer time.
-DELAY_FACTOR = 10.0
 
 
 @pytest.mark.protocol("console")
@@ -53,49 +46,14 @@ def test_console_locks_out_after_failed_logins(console: ConsoleKit, evidence: Ev
         raise ConsoleProfileGap("profile gap: the check needs expectations.lockout "
                                 "(threshold, duration_s)")
     account = console.account("lockout_test")
-    control = _right(console, account)
-    if not control.accepted:
-        time.sleep(policy.duration_s + _margin(policy.duration_s))
-        control = _right(console, account)
-        if not control.accepted:
-            raise TargetError(f"control login as {account.describe()} refused: cannot test the "
-                              "lockout")
-    for _ in range(policy.threshold):
-        if console.attempt(account.username, f"harness-wrong-{secrets.token_hex(6)}").accepted:
-            raise TargetError(f"a wrong password was accepted for {account.describe()}")
-    probe = _right(console, account)
-    bound = max(DELAY_MIN_S, DELAY_FACTOR * control.elapsed_s)
-    locked = not probe.accepted
-    delayed = probe.accepted and probe.elapsed_s >= bound
-    recovery = _wait_out(console, evidence, account, policy.duration_s) if locked else None
-    evidence.note("judgement", threshold=policy.threshold, duration_s=policy.duration_s,
-                  locked=locked, delayed=delayed, answer_s=probe.elapsed_s,
-                  control_answer_s=control.elapsed_s, delay_bound_s=bound,
-                  usable_again_after_s=recovery, ok=locked or delayed)
-    assert locked or delayed, (
+
+    def try_login(password: str, _label: str) -> LoginOutcome:  # the console has no labels
+        result = console.attempt(account.username, password)
+        return LoginOutcome.of(result.accepted, result.elapsed_s)
+
+    result = run_lockout(try_login, policy, who=account.describe(), password=account.password,
+                         evidence=evidence, deadline=Deadline(budget_s(policy, console.safety)))
+    assert result.ok, (
         f"after {policy.threshold} wrong passwords for {account.describe()} the console "
-        f"accepted the right password at once ({probe.elapsed_s * 1000:.0f} ms): no lockout "
-        "and no delay")
-
-
-def _right(console: ConsoleKit, account: ConsoleAccount) -> LoginResult:
-    return console.attempt(account.username, account.password)
-
-
-def _margin(duration_s: float) -> float:
-    return max(0.5, 0.1 * duration_s)
-
-
-def _wait_out(console: ConsoleKit, evidence: Evidence, account: ConsoleAccount,
-              duration_s: float) -> float | None:
-    if duration_s <= 0:
-        evidence.note("lockout until an administrator unlocks it (duration 0): not waited out")
-        return None
-    started = time.monotonic()
-    for wait in (duration_s + _margin(duration_s), max(1.0, duration_s / 2)):
-        time.sleep(wait)
-        if _right(console, account).accepted:
-            return round(time.monotonic() - started, 2)
-    raise TargetError(f"{account.describe()} was still locked {time.monotonic() - started:.1f} s "
-                      f"after the threshold (declared lockout {duration_s:g} s): later checks "
-                      "would fail")
+        f"accepted the right password at once ({result.probe.elapsed_s * 1000:.0f} ms): no "
+        "lockout and no delay")

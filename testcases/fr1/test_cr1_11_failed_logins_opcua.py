@@ -3,32 +3,23 @@ slows)."""
 
 from __future__ import annotations
 
-import secrets
-import time
 from typing import TYPE_CHECKING
 
 import pytest
 
-from harness.errors import TargetError
+from harness.lockout import TRAFFIC, LoginOutcome, budget_s, run_lockout
+from harness.safety import Deadline
 
 if TYPE_CHECKING:
     from harness.evidence import Evidence
     from harness.fixtures.opcua import OpcUa
-    from harness.protocols.opcua import Attempt, Identity
 
 pytestmark = pytest.mark.requirement("CR 1.11")
-
-#: A login after the threshold that takes at least this long counts as delayed, not accepted.
-DELAY_MIN_S = 2.0
-#: ... and at least this many times the control login's answer time.
-DELAY_FACTOR = 10.0
 
 
 @pytest.mark.protocol("opcua")
 @pytest.mark.weakness("opcua.no_lockout")
-@pytest.mark.disruptive(traffic="on the lockout-test account only: the declared threshold of "
-                                "wrong passwords, one right one, and up to three logins after "
-                                "waiting out the declared lockout duration")
+@pytest.mark.disruptive(traffic=TRAFFIC)
 def test_opcua_locks_out_after_failed_logins(opcua: OpcUa, evidence: Evidence) -> None:
     """After the declared number of wrong passwords the OPC UA login is locked (or delayed).
 
@@ -59,52 +50,18 @@ def test_opcua_locks_out_after_failed_logins(opcua: OpcUa, evidence: Evidence) -
         raise ProfileGap("profile gap: the check needs expectations.lockout (threshold, "
                          "duration_s)")
     account = opcua.account("lockout_test")
-    control = _right_password(opcua, account, "control")
-    if not control.accepted:
-        time.sleep(policy.duration_s + _margin(policy.duration_s))
-        control = _right_password(opcua, account, "control (after waiting out a lockout)")
-        if not control.accepted:
-            raise TargetError(f"control login as {account.describe()} refused "
-                              f"({control.status} at {control.stage}): cannot test the lockout")
-    for i in range(policy.threshold):
-        wrong = Identity("username", account.username, f"harness-wrong-{secrets.token_hex(6)}",
-                         label="lockout_test account, wrong password")
-        result = opcua.attempt(identity=wrong, label=f"wrong password {i + 1}")
-        if result.accepted:
-            raise TargetError(f"a wrong password was accepted for {account.describe()}")
-    probe = _right_password(opcua, account, "right password after the threshold")
-    bound = max(DELAY_MIN_S, DELAY_FACTOR * control.elapsed_s)
-    locked = not probe.accepted
-    delayed = probe.accepted and probe.elapsed_s >= bound
-    recovery = _wait_out(opcua, evidence, account, policy.duration_s) if locked else None
-    evidence.note("judgement", threshold=policy.threshold, duration_s=policy.duration_s,
-                  locked=locked, delayed=delayed, status=probe.status, stage=probe.stage,
-                  answer_s=probe.elapsed_s, control_answer_s=control.elapsed_s,
-                  delay_bound_s=bound, usable_again_after_s=recovery, ok=locked or delayed)
-    assert locked or delayed, (
+    right = account.password or ""  # the fixture refuses an account without a password
+
+    def try_login(password: str, label: str) -> LoginOutcome:
+        identity = account if password == right else Identity(
+            "username", account.username, password, label="lockout_test account, wrong password")
+        result = opcua.attempt(identity=identity, label=label)
+        return LoginOutcome.of(result.accepted, result.elapsed_s,
+                               f"{result.status} at {result.stage}", status=result.status,
+                               stage=result.stage)
+
+    result = run_lockout(try_login, policy, who=account.describe(), password=right,
+                         evidence=evidence, deadline=Deadline(budget_s(policy, opcua.safety)))
+    assert result.ok, (
         f"after {policy.threshold} wrong passwords for {account.describe()} the right password "
-        f"was accepted at once ({probe.elapsed_s * 1000:.0f} ms): no lockout and no delay")
-
-
-def _right_password(opcua: OpcUa, account: Identity, label: str) -> Attempt:
-    return opcua.attempt(identity=account, label=label)
-
-
-def _margin(duration_s: float) -> float:
-    return max(0.5, 0.1 * duration_s)
-
-
-def _wait_out(opcua: OpcUa, evidence: Evidence, account: Identity, duration_s: float
-              ) -> float | None:
-    """Wait out the lockout; return when the account worked again (None: not waited)."""
-    if duration_s <= 0:
-        evidence.note("lockout until an administrator unlocks it (duration 0): not waited out")
-        return None
-    started = time.monotonic()
-    for wait in (duration_s + _margin(duration_s), max(1.0, duration_s / 2)):
-        time.sleep(wait)
-        if _right_password(opcua, account, "after the lockout").accepted:
-            return round(time.monotonic() - started, 2)
-    raise TargetError(f"{account.describe()} was still locked {time.monotonic() - started:.1f} s "
-                      f"after the threshold (declared lockout {duration_s:g} s): later checks "
-                      "would fail")
+        f"was accepted at once ({result.probe.elapsed_s * 1000:.0f} ms): no lockout and no delay")

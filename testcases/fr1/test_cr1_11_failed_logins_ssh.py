@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import secrets
-import time
 from typing import TYPE_CHECKING
 
 import pytest
 
-from harness.errors import TargetError
+from harness.lockout import TRAFFIC, LoginOutcome, budget_s, run_lockout
+from harness.safety import Deadline
 
 if TYPE_CHECKING:
     from harness.evidence import Evidence
-    from harness.fixtures.ssh import Ssh, SshAccount
-    from harness.protocols.ssh import AuthResult
+    from harness.fixtures.ssh import Ssh
 
 pytestmark = pytest.mark.requirement("CR 1.11")
-
-#: A login after the threshold that takes at least this long counts as delayed, not accepted.
-DELAY_MIN_S = 2.0
-#: ... and at least this many times the control login's answer time.
-DELAY_FACTOR = 10.0
 
 
 @pytest.mark.protocol("ssh")
 @pytest.mark.weakness("ssh.no_lockout")
-@pytest.mark.disruptive(traffic="on the lockout-test account only: the declared threshold of "
-                                "wrong passwords, one right one, and up to three logins after "
-                                "waiting out the declared lockout duration")
+@pytest.mark.disruptive(traffic=TRAFFIC)
 def test_ssh_locks_out_after_failed_logins(ssh: Ssh, evidence: Evidence) -> None:
     """After the declared number of wrong passwords the SSH login is locked (or delayed).
 
@@ -58,52 +49,13 @@ def test_ssh_locks_out_after_failed_logins(ssh: Ssh, evidence: Evidence) -> None
     account = ssh.account("lockout_test")
     if account.password is None:
         raise ProfileGap("profile gap: accounts.lockout_test needs a password")
-    control = _right_password(ssh, account, "control")
-    if not control.accepted:
-        time.sleep(policy.duration_s + _margin(policy.duration_s))
-        control = _right_password(ssh, account, "control (after waiting out a lockout)")
-        if not control.accepted:
-            raise TargetError(f"control login as {account.describe()} refused "
-                              f"({control.detail}): cannot test the lockout")
-    for i in range(policy.threshold):
-        wrong = f"harness-wrong-{secrets.token_hex(6)}"
-        result = ssh.attempt(account.username, "password", password=wrong,
-                             label=f"wrong password {i + 1}")
-        if result.accepted:
-            raise TargetError(f"a wrong password was accepted for {account.describe()}")
-    probe = _right_password(ssh, account, "right password after the threshold")
-    bound = max(DELAY_MIN_S, DELAY_FACTOR * control.elapsed_s)
-    locked = not probe.accepted
-    delayed = probe.accepted and probe.elapsed_s >= bound
-    recovery = _wait_out(ssh, evidence, account, policy.duration_s) if locked else None
-    evidence.note("judgement", threshold=policy.threshold, duration_s=policy.duration_s,
-                  locked=locked, delayed=delayed, answer_s=probe.elapsed_s,
-                  control_answer_s=control.elapsed_s, delay_bound_s=bound,
-                  usable_again_after_s=recovery, ok=locked or delayed)
-    assert locked or delayed, (
+
+    def try_login(password: str, label: str) -> LoginOutcome:
+        result = ssh.attempt(account.username, "password", password=password, label=label)
+        return LoginOutcome.of(result.accepted, result.elapsed_s, result.detail)
+
+    result = run_lockout(try_login, policy, who=account.describe(), password=account.password,
+                         evidence=evidence, deadline=Deadline(budget_s(policy, ssh.safety)))
+    assert result.ok, (
         f"after {policy.threshold} wrong passwords for {account.describe()} the right password "
-        f"was accepted at once ({probe.elapsed_s * 1000:.0f} ms): no lockout and no delay")
-
-
-def _right_password(ssh: Ssh, account: SshAccount, label: str) -> AuthResult:
-    return ssh.attempt(account.username, "password", password=account.password, label=label)
-
-
-def _margin(duration_s: float) -> float:
-    return max(0.5, 0.1 * duration_s)
-
-
-def _wait_out(ssh: Ssh, evidence: Evidence, account: SshAccount, duration_s: float
-              ) -> float | None:
-    """Wait out the lockout; return when the account worked again (None: not waited)."""
-    if duration_s <= 0:
-        evidence.note("lockout until an administrator unlocks it (duration 0): not waited out")
-        return None
-    started = time.monotonic()
-    for wait in (duration_s + _margin(duration_s), max(1.0, duration_s / 2)):
-        time.sleep(wait)
-        if _right_password(ssh, account, "after the lockout").accepted:
-            return round(time.monotonic() - started, 2)
-    raise TargetError(f"{account.describe()} was still locked {time.monotonic() - started:.1f} s "
-                      f"after the threshold (declared lockout {duration_s:g} s): later checks "
-                      "would fail")
+        f"was accepted at once ({result.probe.elapsed_s * 1000:.0f} ms): no lockout and no delay")

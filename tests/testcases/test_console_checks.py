@@ -36,25 +36,13 @@ NEED_LOGIN = ("test_console_refuses_default_credentials",
               "test_console_has_no_unauthenticated_debug_menu")
 
 
-def console_verdicts(run: Any) -> dict[str, str]:
-    found = {nodeid.split("::")[-1]: v for nodeid, v in run.verdicts().items()
-             if "_console.py::" in nodeid}
-    assert found, f"no console checks ran:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
-    return found
-
-
-def reason(run: Any, name: str) -> str:
-    (check,) = run.checks(f"::{name}")
-    return str(check["reason"])
-
-
 def test_hardened_passes_and_profile_gaps_never_pass(
         lab: Callable[..., Any], run_harness: Callable[..., Any],
         write_profile: Callable[[dict[str, Any], str], Path]) -> None:
     running = lab(["console"], policy=FAST)
     run = run_harness(running.profile_path, k=" or ".join(NAMES))
-    got = console_verdicts(run)
-    assert got == dict.fromkeys(NAMES, "PASS"), {n: reason(run, n) for n in got}
+    got = run.protocol_verdicts("console")
+    assert got == dict.fromkeys(NAMES, "PASS"), {n: run.reason(n) for n in got}
     assert run.code == 0
 
     profile = running.profile()
@@ -64,12 +52,12 @@ def test_hardened_passes_and_profile_gaps_never_pass(
     names = ["test_console_locks_out_after_failed_logins", "test_console_logs_out_idle_sessions",
              "test_console_shows_banner_before_login"]
     run = run_harness(write_profile(profile, "gaps.yaml"), k=" or ".join(names))
-    assert console_verdicts(run) == {
+    assert run.protocol_verdicts("console") == {
         "test_console_locks_out_after_failed_logins": "ERROR",
         "test_console_logs_out_idle_sessions": "ERROR",
         "test_console_shows_banner_before_login": "NOT APPLICABLE"}
-    assert "no accounts.lockout_test" in reason(run, "test_console_locks_out_after_failed_logins")
-    assert "expectations.idle_timeout_s" in reason(run, "test_console_logs_out_idle_sessions")
+    assert "no accounts.lockout_test" in run.reason("test_console_locks_out_after_failed_logins")
+    assert "expectations.idle_timeout_s" in run.reason("test_console_logs_out_idle_sessions")
 
 
 @pytest.mark.parametrize("weakness", list(CHECKS))
@@ -79,15 +67,15 @@ def test_each_weakness_fails_its_check(
     running = lab(["console"], weaknesses=[weakness], policy=FAST)
     if weakness != "console.no_login":
         run = run_harness(running.profile_path, k=name)
-        assert console_verdicts(run) == {name: "FAIL"}, reason(run, name)
-        assert text in reason(run, name)
+        assert run.protocol_verdicts("console") == {name: "FAIL"}, run.reason(name)
+        assert text in run.reason(name)
         return
     # without a login the checks that need one cannot decide: ERROR, never PASS
     run = run_harness(running.profile_path, k=" or ".join(NAMES))
-    got = console_verdicts(run)
+    got = run.protocol_verdicts("console")
     assert got == {**dict.fromkeys(NAMES, "ERROR"), name: "FAIL",
                    "test_console_shows_banner_before_login": "PASS"}, {
-        n: reason(run, n) for n in got}
-    assert text in reason(run, name) and "'help' answered" in reason(run, name)
+        n: run.reason(n) for n in got}
+    assert text in run.reason(name) and "'help' answered" in run.reason(name)
     for other in NEED_LOGIN:
-        assert "no login prompt" in reason(run, other)
+        assert "no login prompt" in run.reason(other)

@@ -59,26 +59,14 @@ def fast_profile(running: Any, write_profile: Callable[[dict[str, Any], str], Pa
     return write_profile(profile, name), profile
 
 
-def ssh_verdicts(run: Any) -> dict[str, str]:
-    found = {nodeid.split("::")[-1]: v for nodeid, v in run.verdicts().items()
-             if "_ssh.py::" in nodeid}
-    assert found, f"no SSH checks ran:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
-    return found
-
-
-def reason(run: Any, name: str) -> str:
-    (check,) = run.checks(f"::{name}")
-    return str(check["reason"])
-
-
 def test_hardened_passes_and_profile_gaps_never_pass(
         lab: Callable[..., Any], run_harness: Callable[..., Any],
         write_profile: Callable[[dict[str, Any], str], Path]) -> None:
     running = lab(["ssh"], policy=FAST)
     path, _ = fast_profile(running, write_profile)
     run = run_harness(path, k=" or ".join(NAMES))
-    got = ssh_verdicts(run)
-    assert got == dict.fromkeys(NAMES, "PASS"), {n: reason(run, n) for n in got}
+    got = run.protocol_verdicts("ssh")
+    assert got == dict.fromkeys(NAMES, "PASS"), {n: run.reason(n) for n in got}
     assert run.code == 0
     algorithms = next(run.out.glob("evidence/*accepted_algorithms*/algorithms.json"))
     data = json.loads(algorithms.read_text())
@@ -102,11 +90,11 @@ def test_hardened_passes_and_profile_gaps_never_pass(
                            expectations__banner_required=False)
     names = [*gaps, "test_ssh_shows_banner_before_login"]
     run = run_harness(path, k=" or ".join(names))
-    got = ssh_verdicts(run)
+    got = run.protocol_verdicts("ssh")
     assert got == {**dict.fromkeys(gaps, "ERROR"),
                    "test_ssh_shows_banner_before_login": "NOT APPLICABLE"}, got
     for name, field in gaps.items():
-        assert f"profile gap: the check needs {field}" in reason(run, name)
+        assert f"profile gap: the check needs {field}" in run.reason(name)
 
 
 @pytest.mark.parametrize("weakness", list(CHECKS))
@@ -117,8 +105,8 @@ def test_each_weakness_fails_its_check(
     running = lab(["ssh"], weaknesses=[weakness], policy=FAST)
     path, _ = fast_profile(running, write_profile)
     run = run_harness(path, k=name)
-    assert ssh_verdicts(run) == {name: "FAIL"}, reason(run, name)
-    assert evidence_text in reason(run, name)
+    assert run.protocol_verdicts("ssh") == {name: "FAIL"}, run.reason(name)
+    assert evidence_text in run.reason(name)
     assert run.code == 1
 
 
@@ -160,6 +148,6 @@ def test_ssh1_server_fails_the_algorithm_check(
         stop.set()
         listener.close()
         thread.join(timeout=5)
-    assert ssh_verdicts(run) == {"test_ssh_offers_only_accepted_algorithms": "FAIL"}
-    assert "offers SSH protocol 1 (identification 'SSH-1.99-OldDevice_1.0')" in reason(
-        run, "test_ssh_offers_only_accepted_algorithms")
+    assert run.protocol_verdicts("ssh") == {"test_ssh_offers_only_accepted_algorithms": "FAIL"}
+    assert "offers SSH protocol 1 (identification 'SSH-1.99-OldDevice_1.0')" in run.reason(
+        "test_ssh_offers_only_accepted_algorithms")
