@@ -176,15 +176,7 @@ class MonitorConfig:
                     )
                 )
             elif ef.kind == "tcp_connect":
-                probes.append(
-                    ProbeSpec(
-                        "tcp_connect",
-                        f"tcp_connect@{ef.host}:{ef.port}",
-                        ef.host,
-                        ef.port,
-                        max_latency_ms=ef.max_latency_ms,
-                    )
-                )
+                probes.append(_tcp_probe(ef.host, ef.port, ef.max_latency_ms))
             elif ef.kind == "ssh_banner":
                 ssh = ifs.ssh
                 if ssh is None:
@@ -213,15 +205,7 @@ class MonitorConfig:
                         "or account for a secure session; probed as a TCP connect to "
                         f"{ua.host}:{ua.port}"
                     )
-                    probes.append(
-                        ProbeSpec(
-                            "tcp_connect",
-                            f"tcp_connect@{ua.host}:{ua.port}",
-                            ua.host,
-                            ua.port,
-                            max_latency_ms=ef.max_latency_ms,
-                        )
-                    )
+                    probes.append(_tcp_probe(ua.host, ua.port, ef.max_latency_ms))
                 else:
                     probes.append(
                         ProbeSpec(
@@ -237,15 +221,7 @@ class MonitorConfig:
             for name in ("modbus_tcp", "modbus_tls", "opcua", "ssh"):
                 iface = getattr(ifs, name)
                 if iface is not None:
-                    probes.append(
-                        ProbeSpec(
-                            "tcp_connect",
-                            f"tcp_connect@{iface.host}:{iface.port}",
-                            iface.host,
-                            iface.port,
-                            max_latency_ms=500.0,
-                        )
-                    )
+                    probes.append(_tcp_probe(iface.host, iface.port, 500.0))
             notes.append(
                 "the profile declares no essential_functions: monitoring TCP "
                 "reachability of each declared network interface (bound 500 ms)"
@@ -262,6 +238,12 @@ class MonitorConfig:
             max_runtime_s=max_runtime_s,
             notes=notes,
         )
+
+
+def _tcp_probe(host: str, port: int, max_latency_ms: float) -> ProbeSpec:
+    """A TCP connect probe, named after its address."""
+    return ProbeSpec("tcp_connect", f"tcp_connect@{host}:{port}", host, port,
+                     max_latency_ms=max_latency_ms)
 
 
 def _opcua_settings(loaded: LoadedProfile, node: str) -> dict[str, str] | None:
