@@ -134,6 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             allow_disruptive=True,
             k=args.k,
             verbose=False,
+            monitor=False,
             pytest_args=[],
         )
         code = cmd_run(run_args)
