@@ -1,6 +1,7 @@
 """OPC UA PLC simulator: the PLC core's process image behind an asyncua server.
 
-``python -m simulators.opcua [common options] [--verbose]`` (see :mod:`simulators.common`).
+``python -m simulators.opcua [common options] [--verbose] [--auditing on|off]`` (see
+:mod:`simulators.common`).
 
 Ready line ``endpoints``::
 
@@ -55,6 +56,22 @@ Hardened posture:
   timeout to at most that value (and at least min(it, 1 s)); a request on the closed session
   gets BadSessionNotActivated (asyncua's code for it). A client that polls is never idle:
   asyncua's Client reads the server state every ``watchdog_intervall`` (default 1 s).
+- auditing: ``Server.Auditing`` (i=2994) reads True, and every ActivateSession, refused or
+  accepted, is reported as an AuditActivateSessionEventType (i=2075) event on the Server object
+  (i=2253) to every subscriber whose filter lets it through (``OfType`` AuditEventType matches
+  it: subtypes count, as OPC UA Part 4 says). Fields: ``Status`` (False when refused),
+  ``StatusCodeId`` (the refusal, e.g. BadUserAccessDenied), ``ClientUserId`` (the user name the
+  token claimed; ``x509:<CN>`` for a user certificate, ``anonymous``), ``Message``
+  (``ActivateSession refused for 'locktest': BadUserAccessDenied``), ``SourceName``
+  (``Session/ActivateSession``), ``SourceNode`` and ``SessionId`` (the session), ``ServerId``
+  (the server's ApplicationUri), ``ClientApplicationUri``, ``UserIdentityToken`` (without its
+  password), ``Time``, ``ActionTimeStamp``, ``Severity`` (500 refused, 100 accepted). Refusals
+  asyncua makes before the session's ActivateSession runs (a bad client signature, an unknown
+  session) are not reported.
+
+``--auditing off`` (not a weakness: a device that does not offer auditing at all, for the
+not-applicable path of audit checks): ``Server.Auditing`` reads False and no audit event is
+generated. ``--auditing on`` is the default.
 
 Weaknesses: ``opcua.policy_none`` (adds a None/None endpoint whose username token policy is
 None: the password travels in clear), ``opcua.deprecated_policies`` (adds Basic128Rsa15 and
@@ -63,8 +80,10 @@ Basic256, Sign and SignAndEncrypt), ``opcua.weak_server_cert`` (RSA 1024, SHA-1 
 (no client certificate check at all), ``opcua.no_authz`` (readonly accounts and anonymous may
 write scratch nodes), ``opcua.no_session_limit``, ``opcua.no_session_timeout`` (every session
 is granted 24 h), ``opcua.no_lockout``, ``opcua.user_enumeration`` (an unknown user gets
-BadIdentityTokenInvalid instead of BadUserAccessDenied), ``load.fragile`` (every CreateSession,
-Read, Write and Browse counts against the fragile threshold).
+BadIdentityTokenInvalid instead of BadUserAccessDenied), ``opcua.no_audit`` (``Server.Auditing``
+still reads True, but no audit event is generated, for a refused login or any other),
+``load.fragile`` (every CreateSession, Read, Write and Browse counts against the fragile
+threshold).
 """
 
 from __future__ import annotations
@@ -89,6 +108,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for the cached standard address space (default "
                              "$XDG_CACHE_HOME/harness, or ~/.cache/harness); 'none' to build "
                              "it in memory at every start")
+    parser.add_argument("--auditing", choices=("on", "off"), default="on",
+                        help="'off': Server.Auditing reads False and no audit event is "
+                             "generated (a device without auditing; not a weakness)")
 
 
 class _StopSignal:

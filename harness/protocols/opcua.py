@@ -31,15 +31,18 @@ asyncua does the protocol; this module makes it fit a check:
   fingerprint, requested timeout) and ActivateSession (token type and user name, never the
   password) with their outcome, every Read and Write the check makes with values and status
   names, the endpoint list with each server certificate's key size, signature hash and
-  fingerprint.
+  fingerprint; an event subscription (node, fields, what the server granted) and every event
+  it delivers (type, Status, ClientUserId, Message).
 
 API: :class:`UaConnection` (``get_endpoints``, ``open_session``, ``attempt``, ``open_channel``,
 ``probe_insecure_session``) over a :class:`UaLoop`; :class:`UaSession` (``read``, ``read_value``,
-``write``, ``server_auditing``, ``close``); :class:`EndpointInfo`, :class:`AppCert`,
-:class:`Identity`. The asyncua subclasses (transport, client) are built on first use by
-``_client_class`` and lean on three asyncua internals: ``UaClient._make_protocol``, the
-connection's ``_limits`` and ``Client._watchdog_intervall``; ``tests/protocols/
-test_opcua_client.py`` proves they still hold.
+``write``, ``server_auditing``, ``subscribe_audit_events``, ``close``);
+:class:`UaEventSubscription` (``collect``, ``alive_since``, ``close``) and :class:`UaEvent`;
+:class:`EndpointInfo`, :class:`AppCert`, :class:`Identity`. The asyncua subclasses
+(transport, client) are built on first use by ``_client_class`` and lean on three asyncua
+internals: ``UaClient._make_protocol``, the connection's ``_limits`` and
+``Client._watchdog_intervall``; ``tests/protocols/test_opcua_client.py`` proves they still
+hold.
 
 Passwords are given to asyncua only; asyncua's loggers are set to WARNING (when unset) because
 at DEBUG it logs whole requests, identity tokens included.
@@ -113,6 +116,30 @@ _CHUNK_TYPES = frozenset({b"F", b"C", b"A"})
 
 #: ``watchdog_s`` for a session that must stay idle (no keep-alive reads).
 NO_WATCHDOG = 86_400.0
+
+#: The Server object: the root notifier, where a server reports every event it generates.
+SERVER_OBJECT = "i=2253"
+#: BaseEventType and AuditEventType (numeric ids in namespace 0).
+BASE_EVENT_TYPE = 2041
+AUDIT_EVENT_TYPE = 2052
+#: Fields an audit subscription selects: (the event type that declares it, its browse name).
+AUDIT_FIELDS: tuple[tuple[int, str], ...] = (
+    (BASE_EVENT_TYPE, "EventId"), (BASE_EVENT_TYPE, "EventType"),
+    (BASE_EVENT_TYPE, "SourceNode"), (BASE_EVENT_TYPE, "SourceName"),
+    (BASE_EVENT_TYPE, "Time"), (BASE_EVENT_TYPE, "Message"), (BASE_EVENT_TYPE, "Severity"),
+    (AUDIT_EVENT_TYPE, "ActionTimeStamp"), (AUDIT_EVENT_TYPE, "Status"),
+    (AUDIT_EVENT_TYPE, "ServerId"), (AUDIT_EVENT_TYPE, "ClientAuditEntryId"),
+    (AUDIT_EVENT_TYPE, "ClientUserId"),
+    (2058, "StatusCodeId"),  # AuditSecurityEventType
+    (2069, "SessionId"),  # AuditSessionEventType
+    (2075, "UserIdentityToken"),  # AuditActivateSessionEventType
+)
+#: Most events an event subscription keeps, and asks the server to queue (oldest dropped).
+MAX_EVENTS = 256
+#: Publishing interval an event subscription asks for (ms), and its keep-alive (ms): a live
+#: subscription answers a Publish at least this often even when nothing happens.
+EVENT_PUBLISHING_MS = 250.0
+EVENT_KEEPALIVE_MS = 1000.0
 #: Seconds added to a call's own timeout before the caller gives up on the loop.
 _LOOP_GRACE_S = 2.0
 
@@ -1040,14 +1067,15 @@ class UaSession:
         self.revised_timeout_ms = revised_timeout_ms
         self.closed = False
 
-    def _call(self, coro: Coroutine[Any, Any, T], stage: str, what: str) -> T:
+    def _call(self, coro: Coroutine[Any, Any, T], stage: str, what: str,
+              timeout: float | None = None) -> T:
         if self.closed:
             coro.close()
             raise HarnessError(f"{self.label}: session already closed")
         self._trace.stage = stage
         self._trace.error_stage = None
         try:
-            return self._conn.loop.run(coro, self._conn.timeouts.request_s, what)
+            return self._conn.loop.run(coro, timeout or self._conn.timeouts.request_s, what)
         except Exception as exc:
             translated = _translate(exc, self._trace, what)
             if translated is None:
@@ -1161,6 +1189,284 @@ class UaSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+    def subscribe_audit_events(self, node: str = SERVER_OBJECT) -> UaEventSubscription:
+        """Subscribe to the audit events ``node`` reports (default: the Server object).
+
+        The filter selects :data:`AUDIT_FIELDS` and keeps events of AuditEventType: ``OfType
+        AuditEventType`` (which includes its subtypes, OPC UA Part 4, 7.7.3) or an EventType in
+        the standard audit types (for servers whose ``OfType`` matches the exact type only).
+
+        :raises UaRefused: CreateSubscription or the monitored item was refused (stage
+            ``CreateSubscription`` / ``CreateMonitoredItems`` and the status name, e.g.
+            ``BadEventFilterInvalid``, ``BadServiceUnsupported``).
+        """
+        from asyncua import ua
+        from asyncua.common.subscription import OverflowPolicy
+        from asyncua.ua.uaerrors import UaStatusCodeError
+
+        nodeid = _node_id(node)
+        keepalive = max(1, round(EVENT_KEEPALIVE_MS / EVENT_PUBLISHING_MS))
+        params = ua.CreateSubscriptionParameters(
+            RequestedPublishingInterval=EVENT_PUBLISHING_MS,
+            RequestedLifetimeCount=keepalive * 30, RequestedMaxKeepAliveCount=keepalive,
+            MaxNotificationsPerPublish=MAX_EVENTS, PublishingEnabled=True, Priority=0)
+        self._trace.enter("CreateSubscription",
+                          f"subscribe to AuditEventType events on {node} (publishing interval "
+                          f"{EVENT_PUBLISHING_MS:g} ms, keep-alive {EVENT_KEEPALIVE_MS:g} ms; "
+                          f"fields {', '.join(name for _, name in AUDIT_FIELDS)})")
+
+        async def go() -> tuple[Any, int]:
+            try:
+                sub = await self._client.create_subscription(
+                    params, None, queue_maxsize=MAX_EVENTS, overflow=OverflowPolicy.DROP_OLDEST)
+            except UaStatusCodeError as exc:
+                name = status_name(exc.code)
+                raise UaRefused(f"{self.label}: CreateSubscription answered {name}",
+                                status=name, stage="CreateSubscription") from exc
+            try:
+                handle = await sub.subscribe_events(self._client.get_node(nodeid),
+                                                    evfilter=audit_event_filter(),
+                                                    queuesize=MAX_EVENTS)
+            except UaStatusCodeError as exc:
+                with contextlib.suppress(Exception):
+                    await sub.delete()
+                name = status_name(exc.code)
+                raise UaRefused(f"{self.label}: the audit-event monitored item on {node} was "
+                                f"refused with {name}", status=name,
+                                stage="CreateMonitoredItems") from exc
+            return sub, int(handle)
+
+        sub, handle = self._call(go(), "CreateSubscription",
+                                 f"{self.label}: subscribe to audit events on {node}",
+                                 timeout=3 * self._conn.timeouts.request_s)
+        revised = float(sub.parameters.RequestedPublishingInterval)
+        self._trace.got(f"subscription {sub.subscription_id} (publishing interval {revised:g} "
+                        f"ms), monitored item {handle} on {node}: Good")
+        return UaEventSubscription(self, sub, node, handle, revised)
+
+
+def audit_event_filter() -> Any:
+    """The EventFilter of :meth:`UaSession.subscribe_audit_events` (an asyncua object)."""
+    from asyncua import ua
+    from asyncua.ua.attribute_ids import AttributeIds
+
+    def field(type_id: int, name: str) -> Any:
+        return ua.SimpleAttributeOperand(TypeDefinitionId=ua.NodeId(ua.Int32(type_id)),
+                                         BrowsePath=[ua.QualifiedName(name, 0)],
+                                         AttributeId=AttributeIds.Value)
+
+    def literal(type_id: int) -> Any:
+        return ua.LiteralOperand(Value=ua.Variant(ua.NodeId(ua.Int32(type_id))))
+
+    evfilter = ua.EventFilter()
+    evfilter.SelectClauses = [field(t, n) for t, n in AUDIT_FIELDS]
+    either = ua.ContentFilterElement(FilterOperator=ua.FilterOperator.Or,
+                                     FilterOperands=[ua.ElementOperand(1), ua.ElementOperand(2)])
+    of_type = ua.ContentFilterElement(FilterOperator=ua.FilterOperator.OfType,
+                                      FilterOperands=[literal(AUDIT_EVENT_TYPE)])
+    in_list = ua.ContentFilterElement(
+        FilterOperator=ua.FilterOperator.InList,
+        FilterOperands=[field(BASE_EVENT_TYPE, "EventType"),
+                        *[literal(i) for i in sorted(audit_event_types())]])
+    evfilter.WhereClause = ua.ContentFilter(Elements=[either, of_type, in_list])
+    return evfilter
+
+
+@functools.cache
+def audit_event_types() -> dict[int, str]:
+    """The standard audit event types (AuditEventType and the types OPC UA derives from it), by
+    numeric id in namespace 0."""
+    from asyncua.ua.object_ids import ObjectIds
+
+    return {int(v): k for k, v in vars(ObjectIds).items()
+            if k.endswith("EventType") and "Audit" in k and isinstance(v, int)}
+
+
+@functools.cache
+def _event_type_names() -> dict[int, str]:
+    from asyncua.ua.object_ids import ObjectIds
+
+    return {int(v): k for k, v in vars(ObjectIds).items()
+            if k.endswith("EventType") and isinstance(v, int)}
+
+
+def event_type_name(type_id: Any) -> str:
+    """``AuditActivateSessionEventType`` for a standard event type's NodeId, else the id as a
+    string (``ns=2;i=5001``)."""
+    from asyncua import ua
+
+    if isinstance(type_id, ua.NodeId):
+        if type_id.NamespaceIndex == 0 and isinstance(type_id.Identifier, int):
+            known = _event_type_names().get(type_id.Identifier)
+            if known:
+                return known
+        return str(type_id.to_string())
+    return str(type_id)
+
+
+#: Longest text (characters) or byte string (bytes) an event field keeps in evidence.
+_FIELD_LIMIT = 200
+
+
+def event_value(value: Any) -> Any:
+    """An event field as a JSON-ready value. Identity tokens keep their type and user name
+    only, never a password, whatever the device put in them."""
+    import datetime as dt
+
+    from asyncua import ua
+
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return value[:_FIELD_LIMIT]
+    if isinstance(value, bytes):
+        return value[:_FIELD_LIMIT].hex()
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, ua.NodeId):
+        return str(value.to_string())
+    if isinstance(value, ua.LocalizedText):
+        return (value.Text or "")[:_FIELD_LIMIT]
+    if isinstance(value, ua.StatusCode):
+        return status_name(int(value.value))
+    if isinstance(value, ua.QualifiedName):
+        return str(value.Name or "")[:_FIELD_LIMIT]
+    if isinstance(value, list | tuple):
+        return [event_value(v) for v in value[:16]]
+    if hasattr(value, "UserName") or hasattr(value, "Password") or hasattr(value, "PolicyId"):
+        user = getattr(value, "UserName", None)
+        return {"token": type(value).__name__,
+                "user": user[:_FIELD_LIMIT] if isinstance(user, str) else None}
+    return type(value).__name__
+
+
+@dataclass(frozen=True)
+class UaEvent:
+    """One event notification (fields converted by :func:`event_value`)."""
+
+    #: The event type's name (``AuditActivateSessionEventType``) or node id.
+    event_type: str
+    #: The selected fields by browse name (a field the server left empty is None).
+    fields: dict[str, Any]
+    #: ``time.monotonic()`` when the harness took it from the subscription.
+    received: float
+
+    @property
+    def status(self) -> bool | None:
+        """The audit event's Status (True: the action succeeded), None when not given."""
+        value = self.fields.get("Status")
+        return value if isinstance(value, bool) else None
+
+    def mentions(self, text: str) -> bool:
+        """True if ``text`` is the ClientUserId, the identity token's user name, or appears in
+        the Message."""
+        token = self.fields.get("UserIdentityToken")
+        return bool(text) and (
+            self.fields.get("ClientUserId") == text
+            or (isinstance(token, dict) and token.get("user") == text)
+            or text in str(self.fields.get("Message") or ""))
+
+    def to_json(self) -> dict[str, Any]:
+        """For evidence: type and fields (the EventId is left out)."""
+        return {"event_type": self.event_type,
+                **{k: v for k, v in self.fields.items() if k != "EventId"}}
+
+
+class UaEventSubscription:
+    """A subscription to a node's events (made by :meth:`UaSession.subscribe_audit_events`);
+    closed with its session at the latest."""
+
+    def __init__(self, session: UaSession, sub: Any, node: str, monitored_item: int,
+                 publishing_interval_ms: float) -> None:
+        self._session = session
+        self._sub = sub
+        self.node = node
+        #: The server's SubscriptionId and MonitoredItemId.
+        self.subscription_id = int(sub.subscription_id or 0)
+        self.monitored_item = monitored_item
+        #: The publishing interval the server granted (ms).
+        self.publishing_interval_ms = publishing_interval_ms
+        #: ``time.monotonic()`` when it was created.
+        self.created = time.monotonic()
+        #: A status change the server reported (``BadTimeout``: the subscription is gone).
+        self.status_changes: list[str] = []
+        self.closed = False
+
+    def describe(self) -> dict[str, Any]:
+        """For evidence: where, which filter, what the server granted."""
+        return {"node": self.node, "subscription_id": self.subscription_id,
+                "monitored_item": self.monitored_item,
+                "publishing_interval_ms": self.publishing_interval_ms,
+                "fields": [name for _, name in AUDIT_FIELDS],
+                "where": "OfType AuditEventType, or EventType in the "
+                         f"{len(audit_event_types())} standard audit event types"}
+
+    def collect(self, wait_s: float) -> list[UaEvent]:
+        """The events that arrived, waiting at most ``wait_s`` for the first one (at most
+        :data:`MAX_EVENTS`); each is recorded in the evidence."""
+        from asyncua.common.subscription import OpcEvent, StatusChangeEvent
+
+        if self.closed:
+            return []
+        sub = self._sub
+
+        async def take() -> list[Any]:
+            got: list[Any] = []
+            item = await sub.next_event(timeout=max(wait_s, 0.0))
+            while item is not None and len(got) < MAX_EVENTS:
+                got.append(item)
+                item = await sub.next_event(timeout=0.05)
+            return got
+
+        session = self._session
+        raw = session._call(take(), "Publish", f"{session.label}: wait for events",
+                            timeout=wait_s + 2.0)
+        events: list[UaEvent] = []
+        for item in raw:
+            if isinstance(item, StatusChangeEvent):
+                code = item.notification.Status
+                name = status_name(int(code.value)) if code is not None else "None"
+                self.status_changes.append(name)
+                session._trace.got(f"subscription {self.subscription_id}: status change "
+                                   f"{name}")
+            elif isinstance(item, OpcEvent):
+                props = item.event.get_event_props_as_fields_dict()
+                fields = {name: event_value(var.Value) for name, var in props.items()}
+                event = UaEvent(event_type_name(props["EventType"].Value)
+                                if "EventType" in props else "unknown", fields,
+                                time.monotonic())
+                events.append(event)
+                session._trace.got(
+                    f"event {event.event_type}: Status {fields.get('Status')!r}, "
+                    f"ClientUserId {fields.get('ClientUserId')!r}, Message "
+                    f"{fields.get('Message')!r}")
+        return events
+
+    def alive_since(self, since: float) -> bool:
+        """True if the server answered a Publish for this subscription (a notification or a
+        keep-alive) at or after ``since`` (a ``time.monotonic()`` value) and reported no
+        status change since it was created."""
+        last = self._sub.last_publish_at
+        return last is not None and last >= since and not self.status_changes
+
+    def close(self) -> None:
+        """DeleteSubscriptions (bounded; never raises)."""
+        if self.closed:
+            return
+        self.closed = True
+        sub = self._sub
+
+        async def delete() -> None:
+            with contextlib.suppress(Exception):
+                await sub.delete()
+
+        session = self._session
+        with contextlib.suppress(TargetError, HarnessError, TimeoutError):
+            session._call(delete(), "DeleteSubscriptions",
+                          f"{session.label}: delete subscription",
+                          timeout=session._conn.timeouts.request_s)
 
 
 def different_value(value: Any, variant: str | None) -> Any:

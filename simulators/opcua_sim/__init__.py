@@ -23,6 +23,7 @@ WEAKNESSES = (
     "opcua.no_session_timeout",
     "opcua.no_lockout",
     "opcua.user_enumeration",
+    "opcua.no_audit",
     "load.fragile",
 )
 

@@ -22,6 +22,12 @@ asyncua 2.1 does most of the protocol; this module adds what a hardened device n
 - **Authorization** (:meth:`_Session.write`): asyncua gives every non-admin user the node's
   static access level; the simulator decides per role, and reports the per-user
   UserAccessLevel on reads.
+- **Auditing** (:meth:`OpcuaPlc.audit_activation`): asyncua keeps ``Server.Auditing`` False and
+  generates no audit events; the simulator sets the flag and reports every ActivateSession,
+  refused or accepted, as an AuditActivateSessionEventType event on the Server object.
+  asyncua's event filter treats ``OfType`` as "exactly this type"; the simulator's
+  (:class:`_WhereClause`) follows OPC UA Part 4 and matches subtypes too, so a subscription to
+  AuditEventType receives them.
 """
 
 from __future__ import annotations
@@ -38,17 +44,20 @@ import shutil
 import stat
 import sys
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 from asyncua import Server, ua
+from asyncua.common import event_objects
 from asyncua.common.utils import ServiceError
 from asyncua.crypto import security_policies
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.binary_server_asyncio import BinaryServer, OPCUAProtocol
 from asyncua.server.internal_server import InternalServer
 from asyncua.server.internal_session import InternalSession
+from asyncua.server.monitored_item_service import WhereClauseEvaluator
 from asyncua.server.uaprocessor import UaProcessor
 from asyncua.ua.ua_binary import struct_from_binary, uatcp_to_binary
 from cryptography import x509
@@ -82,6 +91,15 @@ NO_TIMEOUT_MS = 86_400_000.0
 SYNC_PERIOD_S = 0.05
 #: Role of an identity proven by a trusted X.509 user certificate.
 X509_ROLE = "operator"
+#: The Server object: every audit event is reported on it (OPC UA Part 5, 6.4.2).
+SERVER_OBJECT = ua.NodeId(ua.ObjectIds.Server)
+#: Server_Auditing: whether the server generates audit events.
+SERVER_AUDITING = ua.NodeId(ua.ObjectIds.Server_Auditing)
+#: Severity of the audit event of a refused / an accepted ActivateSession.
+AUDIT_SEVERITY_FAILED = 500
+AUDIT_SEVERITY_OK = 100
+#: Most HasSubtype steps an ``OfType`` test follows up the type tree.
+MAX_TYPE_DEPTH = 32
 
 _INTEGER_VARIANTS = frozenset({
     ua.VariantType.SByte, ua.VariantType.Byte, ua.VariantType.Int16, ua.VariantType.UInt16,
@@ -200,6 +218,62 @@ def _token_kind(token: Any) -> str:
     return "other"
 
 
+def _claimed_user(token: Any) -> str:
+    """Who an identity token claims to be (for audit events): the user name, the user
+    certificate's common name, or ``anonymous``."""
+    kind = _token_kind(token)
+    if kind == "username":
+        return str(token.UserName or "")
+    if kind == "x509":
+        try:
+            cert = x509.load_der_x509_certificate(bytes(token.CertificateData or b""))
+        except ValueError:
+            return "x509:?"
+        cn = [a.value for a in cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+              if isinstance(a.value, str)]
+        return f"x509:{cn[0] if cn else '?'}"
+    return kind
+
+
+def _token_without_secret(token: Any) -> Any:
+    """The identity token to put in an audit event: a user name token loses its password."""
+    if isinstance(token, ua.UserNameIdentityToken):
+        return ua.UserNameIdentityToken(PolicyId=token.PolicyId, UserName=token.UserName)
+    if isinstance(token, ua.AnonymousIdentityToken | ua.X509IdentityToken):
+        return token
+    return None
+
+
+def _is_subtype(aspace: Any, type_id: Any, base: Any) -> bool:
+    """True if ``type_id`` is ``base`` or (through HasSubtype references) one of its subtypes."""
+    has_subtype = ua.NodeId(ua.ObjectIds.HasSubtype)
+    if not isinstance(type_id, ua.NodeId) or not isinstance(base, ua.NodeId):
+        return False
+    for _ in range(MAX_TYPE_DEPTH):
+        if type_id == base:
+            return True
+        if type_id not in aspace:
+            return False
+        parent = next((ref.NodeId for ref in aspace[type_id].references
+                       if ref.ReferenceTypeId == has_subtype and not ref.IsForward), None)
+        if parent is None:
+            return False
+        type_id = parent
+    return False
+
+
+class _WhereClause(WhereClauseEvaluator):
+    """asyncua's event filter with ``OfType`` as OPC UA Part 4 defines it (the type or any
+    subtype; asyncua tests for the exact type only)."""
+
+    def _eval_el(self, index: int, event: Any) -> Any:
+        element = self.elements[index]
+        if element.FilterOperator == ua.FilterOperator.OfType:
+            return _is_subtype(self._aspace, event.EventType,
+                               self._eval_op(element.FilterOperands[0], event))
+        return super()._eval_el(index, event)
+
+
 class _UserManager:
     """Maps an identity token to a user (asyncua's ``UserManager`` interface).
 
@@ -253,6 +327,8 @@ class _Session(InternalSession):
         self.client_certificate: bytes | None = None
         #: Role of the activated identity: admin, operator, readonly (or none yet).
         self.role = "none"
+        #: The ApplicationUri CreateSession announced (for audit events).
+        self.client_application_uri = ""
         super().__init__(*args, **kwargs)
 
     def may_write(self) -> bool:
@@ -274,6 +350,8 @@ class _Session(InternalSession):
             await self.close_session()
             raise
         self.client_certificate = bytes(params.ClientCertificate or b"") or None
+        description = params.ClientDescription
+        self.client_application_uri = str(description.ApplicationUri or "") if description else ""
         sim.sessions.add(self)
         return result
 
@@ -283,6 +361,16 @@ class _Session(InternalSession):
 
     def activate_session(self, params: ua.ActivateSessionParameters,
                          peer_certificate: bytes | None) -> ua.ActivateSessionResult:
+        try:
+            result = self._activate(params, peer_certificate)
+        except (ServiceError, ua.UaStatusCodeError) as exc:
+            self.sim.audit_activation(self, params, exc.code)
+            raise
+        self.sim.audit_activation(self, params, ua.StatusCodes.Good)
+        return result
+
+    def _activate(self, params: ua.ActivateSessionParameters,
+                  peer_certificate: bytes | None) -> ua.ActivateSessionResult:
         sim = self.sim
         if not sim.offers_none and not peer_certificate:
             # A SecurityPolicy None channel although no None endpoint is offered.
@@ -332,6 +420,20 @@ class _Session(InternalSession):
     async def browse(self, params: ua.BrowseParameters) -> list[ua.BrowseResult]:
         self.sim.plc.note_request()
         return await super().browse(params)
+
+    async def create_monitored_items(self, params: ua.CreateMonitoredItemsParameters
+                                     ) -> list[ua.MonitoredItemCreateResult]:
+        results = await super().create_monitored_items(params)
+        subscription = self.subscription_service.subscriptions.get(params.SubscriptionId)
+        if subscription is None:
+            return results
+        items = subscription.monitored_item_srv._monitored_items
+        for result in results:
+            data = items.get(result.MonitoredItemId) if result.StatusCode.is_good() else None
+            if data is not None and data.where_clause_evaluator is not None:
+                data.where_clause_evaluator = _WhereClause(
+                    data.where_clause_evaluator.logger, self.aspace, data.filter.WhereClause)
+        return results
 
 
 class _InternalServer(InternalServer):
@@ -442,6 +544,12 @@ class OpcuaPlc:
         self.anonymous = has("opcua.anonymous")
         self.enforce_authz = not has("opcua.no_authz")
         self.user_enumeration = has("opcua.user_enumeration")
+        #: ``Server.Auditing`` (``--auditing off``: a device without audit events, not a
+        #: weakness).
+        self.auditing = args.extra.get("auditing", "on") != "off"
+        #: Whether audit events are really generated (``opcua.no_audit``: the flag lies).
+        self.audit_events = self.auditing and not has("opcua.no_audit")
+        self._audit_tasks: set[asyncio.Task[None]] = set()
         self.session_limit: int | None = (None if has("opcua.no_session_limit")
                                           else self.config.session_limit)
         self.lockout = common.Lockout(self.config.lockout_threshold,
@@ -543,6 +651,8 @@ class OpcuaPlc:
         netloc = f"[{host}]" if ":" in host else host
         server.set_endpoint(f"opc.tcp://{netloc}:{args.port}{ENDPOINT_PATH}")
         await self._add_nodes()
+        await server.write_attribute_value(SERVER_AUDITING, ua.DataValue(
+            ua.Variant(self.auditing, ua.VariantType.Boolean)))
 
     async def _add_nodes(self) -> None:
         idx = await self.server.register_namespace(NAMESPACE_URI)
@@ -582,6 +692,47 @@ class OpcuaPlc:
         status = self.trust.check(cert, uri or "")
         if status is not None:
             raise ServiceError(getattr(ua.StatusCodes, status))
+
+    # -- auditing ---------------------------------------------------------------------
+    def audit_activation(self, session: _Session, params: ua.ActivateSessionParameters,
+                         status: int) -> None:
+        """Report one ActivateSession (``status`` Good: accepted) as an audit event on the
+        Server object, unless this device generates none. Called from the synchronous
+        ActivateSession service; the event is sent from a task of the running loop."""
+        if not self.audit_events:
+            return
+        event = self._activation_event(session, params, status)
+        task = asyncio.get_running_loop().create_task(
+            self.iserver.subscription_service.trigger_event(event))
+        self._audit_tasks.add(task)
+        task.add_done_callback(self._audit_tasks.discard)
+
+    def _activation_event(self, session: _Session, params: ua.ActivateSessionParameters,
+                          status: int) -> event_objects.AuditActivateSessionEvent:
+        ok = status == ua.StatusCodes.Good
+        user = _claimed_user(params.UserIdentityToken)
+        name = ua.StatusCode(status).name
+        now = dt.datetime.now(dt.UTC)
+        event = event_objects.AuditActivateSessionEvent(
+            sourcenode=session.session_id,
+            message=f"ActivateSession {'accepted' if ok else 'refused'} for {user!r}: {name}",
+            severity=AUDIT_SEVERITY_OK if ok else AUDIT_SEVERITY_FAILED)
+        event.emitting_node = SERVER_OBJECT
+        event.EventId = uuid.uuid4().bytes
+        event.SourceName = "Session/ActivateSession"  # OPC UA Part 5, AuditSessionEventType
+        event.Time = event.ReceiveTime = now
+        # asyncua types these three by their DataType node, which a Variant cannot carry
+        event.add_property("ActionTimeStamp", now, ua.VariantType.DateTime)
+        event.add_property("UserIdentityToken", _token_without_secret(params.UserIdentityToken),
+                           ua.VariantType.ExtensionObject)
+        event.add_property("ClientSoftwareCertificates", None, ua.VariantType.ExtensionObject)
+        event.Status = ok
+        event.ServerId = APPLICATION_URI
+        event.ClientUserId = user
+        event.ClientApplicationUri = session.client_application_uri
+        event.StatusCodeId = ua.StatusCode(status)
+        event.SessionId = session.session_id
+        return event
 
     # -- process image ----------------------------------------------------------------
     async def write_point(self, point: Point, item: ua.WriteValue,

@@ -65,7 +65,7 @@ WEAKNESSES = (
     "opcua.policy_none", "opcua.deprecated_policies", "opcua.weak_server_cert",
     "opcua.anonymous", "opcua.accepts_untrusted_certs", "opcua.no_authz",
     "opcua.no_session_limit", "opcua.no_session_timeout", "opcua.no_lockout",
-    "opcua.user_enumeration", "load.fragile",
+    "opcua.user_enumeration", "opcua.no_audit", "load.fragile",
 )
 
 SECURE_ENDPOINTS = [
@@ -98,6 +98,9 @@ HARDENED: dict[str, Any] = {
     "idle_session_read": "BadSessionNotActivated",
     "locked_login": "BadUserAccessDenied",
     "heartbeat_after_flood": "advances",
+    "auditing_flag": True,
+    "failed_login_audit": ("AuditActivateSessionEventType", False, ADMIN[0],
+                           "BadUserAccessDenied"),
 }
 
 #: The observations each weakness changes, with their values on the weak server.
@@ -120,8 +123,11 @@ CHANGES: dict[str, dict[str, Any]] = {
                                  "idle_session_read": "Good"},
     "opcua.no_lockout": {"locked_login": "Good"},
     "opcua.user_enumeration": {"unknown_user_login": "BadIdentityTokenInvalid"},
+    "opcua.no_audit": {"failed_login_audit": None},
     "load.fragile": {"heartbeat_after_flood": "stalled"},
 }
+#: Seconds a probe waits for the audit event of a refused login.
+AUDIT_WAIT_S = 3.0
 
 
 # -- certificates minted by the test (independent of the simulator's code) ------------------
@@ -368,6 +374,63 @@ def policy_name(uri: str) -> str:
     return uri.rsplit("#", 1)[-1]
 
 
+#: Audit event fields the tests select: (declaring type, browse name).
+AUDIT_SELECT = (
+    (ua.ObjectIds.BaseEventType, "EventType"), (ua.ObjectIds.BaseEventType, "SourceName"),
+    (ua.ObjectIds.BaseEventType, "SourceNode"), (ua.ObjectIds.BaseEventType, "Message"),
+    (ua.ObjectIds.BaseEventType, "Time"), (ua.ObjectIds.AuditEventType, "Status"),
+    (ua.ObjectIds.AuditEventType, "ServerId"), (ua.ObjectIds.AuditEventType, "ClientUserId"),
+    (ua.ObjectIds.AuditSecurityEventType, "StatusCodeId"),
+    (ua.ObjectIds.AuditSessionEventType, "SessionId"),
+    (ua.ObjectIds.AuditActivateSessionEventType, "UserIdentityToken"),
+)
+
+
+def audit_filter() -> ua.EventFilter:
+    """Select :data:`AUDIT_SELECT` of events ``OfType`` AuditEventType: as OPC UA Part 4 defines
+    it, subtypes included (a client that lists every subtype itself is not needed)."""
+    evfilter = ua.EventFilter()
+    evfilter.SelectClauses = [
+        ua.SimpleAttributeOperand(TypeDefinitionId=ua.NodeId(type_id),
+                                  BrowsePath=[ua.QualifiedName(name, 0)],
+                                  AttributeId=ua.AttributeIds.Value)
+        for type_id, name in AUDIT_SELECT]
+    evfilter.WhereClause.Elements.append(ua.ContentFilterElement(
+        FilterOperator=ua.FilterOperator.OfType,
+        FilterOperands=[ua.LiteralOperand(Value=ua.Variant(ua.NodeId(ua.ObjectIds.AuditEventType)))]))
+    return evfilter
+
+
+@contextlib.asynccontextmanager
+async def audit_subscription(client: Client) -> AsyncIterator[Any]:
+    """An iterator-mode subscription to AuditEventType events on the Server object."""
+    sub = await client.create_subscription(50, None, queue_maxsize=64)
+    await sub.subscribe_events(client.get_node(ua.ObjectIds.Server), evfilter=audit_filter())
+    try:
+        yield sub
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.delete()
+
+
+async def next_audit(sub: Any, wait_s: float) -> dict[str, Any] | None:
+    """The next audit event's fields (by browse name), or None when none comes in ``wait_s``."""
+    item = await sub.next_event(timeout=wait_s)
+    if item is None:
+        return None
+    return {name: var.Value for name, var in item.event.get_event_props_as_fields_dict().items()}
+
+
+def audit_summary(fields: dict[str, Any] | None) -> tuple[str, bool, str, str] | None:
+    """(event type name, Status, ClientUserId, StatusCodeId name) of an audit event."""
+    if fields is None:
+        return None
+    names = {v: k for k, v in vars(ua.ObjectIds).items() if k.endswith("EventType")}
+    kind = fields["EventType"]
+    return (names.get(kind.Identifier, str(kind)), fields["Status"], fields["ClientUserId"],
+            ua.StatusCode(fields["StatusCodeId"].value).name)
+
+
 async def probe(ep: dict[str, Any], certs: dict[str, tuple[str, str]]) -> dict[str, Any]:
     """Every observation of :data:`HARDENED`, made against one server, in a fixed order."""
     seen: dict[str, Any] = {}
@@ -397,6 +460,11 @@ async def probe(ep: dict[str, Any], certs: dict[str, tuple[str, str]]) -> dict[s
     seen["expired_cert_login"] = await login(ep, OPERATOR, cert=certs["expired_any"])
     seen["wrong_password_login"] = await login(ep, (OPERATOR[0], "not-the-password"))
     seen["unknown_user_login"] = await login(ep, ("no-such-user", "not-the-password"))
+
+    async with session(ep, VIEWER) as auditor, audit_subscription(auditor) as sub:
+        seen["auditing_flag"] = await auditor.get_node(ua.ObjectIds.Server_Auditing).read_value()
+        await login(ep, (ADMIN[0], "not-the-password"))
+        seen["failed_login_audit"] = audit_summary(await next_audit(sub, AUDIT_WAIT_S))
 
     async def readonly_write() -> None:
         async with session(ep, VIEWER) as client:
@@ -585,6 +653,58 @@ def test_lockout_refuses_right_password_then_expires(hardened: dict[str, Any]) -
         await asyncio.sleep(CONFIG["lockout_duration_s"] + 0.3)
         assert await login(hardened, LOCKTEST) == "Good"
     asyncio.run(check())
+
+
+def test_audit_events_of_refused_and_accepted_logins(hardened: dict[str, Any]) -> None:
+    """Server.Auditing is True; a refused and an accepted ActivateSession each reach a
+    subscriber as AuditActivateSessionEventType events carrying who, what and the outcome."""
+    async def check() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        async with session(hardened, OPERATOR) as auditor, audit_subscription(auditor) as sub:
+            auditing = await auditor.get_node(ua.ObjectIds.Server_Auditing).read_value()
+            assert auditing is True
+            assert await login(hardened, (LOCKTEST[0], "not-the-password")) \
+                == "BadUserAccessDenied"
+            refused = await next_audit(sub, AUDIT_WAIT_S)
+            assert await login(hardened, LOCKTEST) == "Good"
+            accepted = await next_audit(sub, AUDIT_WAIT_S)
+        return refused, accepted
+    refused, accepted = asyncio.run(check())
+    assert audit_summary(refused) == ("AuditActivateSessionEventType", False, LOCKTEST[0],
+                                      "BadUserAccessDenied")
+    assert audit_summary(accepted) == ("AuditActivateSessionEventType", True, LOCKTEST[0], "Good")
+    assert refused is not None and accepted is not None
+    assert refused["Message"].Text == f"ActivateSession refused for {LOCKTEST[0]!r}: " \
+                                      "BadUserAccessDenied"
+    for fields in (refused, accepted):
+        assert fields["SourceName"] == "Session/ActivateSession"
+        assert fields["ServerId"] == hardened["application_uri"]
+        assert isinstance(fields["SessionId"], ua.NodeId)
+        assert fields["SourceNode"] == fields["SessionId"]
+        token = fields["UserIdentityToken"]
+        assert isinstance(token, ua.UserNameIdentityToken)
+        assert token.UserName == LOCKTEST[0]
+        assert not token.Password  # never the password, not even encrypted
+    assert refused["SessionId"] != accepted["SessionId"]
+
+
+def test_auditing_off_is_no_weakness_and_reports_nothing(fleet: Fleet,
+                                                         start_simulator: Any) -> None:
+    """``--auditing off``: a device without auditing (not a weakness): Server.Auditing reads
+    False, and a refused login reaches no subscriber."""
+    event = start_simulator("opcua", "--config", str(fleet.log_dir / "config.json"),
+                            "--aspace-cache", str(fleet.log_dir / "cache"), "--auditing", "off")
+    assert event["weaknesses"] == []
+    ep = event["endpoints"]["opcua"]
+
+    async def check() -> None:
+        async with session(ep, OPERATOR) as auditor, audit_subscription(auditor) as sub:
+            auditing = await auditor.get_node(ua.ObjectIds.Server_Auditing).read_value()
+            assert auditing is False
+            assert await login(ep, (LOCKTEST[0], "not-the-password")) == "BadUserAccessDenied"
+            assert await next_audit(sub, AUDIT_WAIT_S) is None
+    asyncio.run(check())
+    event, rc = start_simulator.expect_error("opcua", "--auditing", "maybe")
+    assert rc == 2
 
 
 def test_address_space_cache_is_private(fleet: Fleet, tmp_path: Path) -> None:

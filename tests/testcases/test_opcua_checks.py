@@ -25,6 +25,7 @@ POLICY = {"lockout_threshold": 2, "lockout_duration_s": 1.5, "idle_timeout_s": 2
 
 #: Every OPC UA check and the weakness it names.
 CHECKS = {
+    "test_opcua_failed_login_is_audited": "opcua.no_audit",
     "test_opcua_offers_no_unsecured_endpoint": "opcua.policy_none",
     "test_opcua_passwords_never_in_clear": "opcua.policy_none",
     "test_opcua_offers_no_deprecated_policy": "opcua.deprecated_policies",
@@ -53,6 +54,7 @@ ENDPOINT_CHECKS = ("test_opcua_offers_no_unsecured_endpoint",
 
 #: What each weakness's failure reason must show (what was offered or accepted).
 REASONS = {
+    "opcua.no_audit": ("Server.Auditing is True", "no audit event"),
     "opcua.policy_none": ("None/None",),
     "opcua.deprecated_policies": ("Basic128Rsa15", "Basic256/Sign"),
     "opcua.weak_server_cert": ("RSA 1024 bits", "signed with sha1", "SHA256:"),
