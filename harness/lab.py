@@ -453,6 +453,10 @@ def generated_profile(
             {"protocol": "modbus", "table": "holding", "address": 200, "count": 10},
             {"protocol": "modbus", "table": "coil", "address": 200, "count": 8},
         ]
+        # the PLC's 32-bit scan clock: HR 5 (high word) and HR 6 (low word)
+        points["counters"] = [
+            {"protocol": "modbus", "table": "holding", "address": 5, "word_order": "high_first"}
+        ]
     essential: list[dict[str, Any]] = []
     if "opcua" in eps:
         ns = eps["opcua"].get("namespace_index", 2)
@@ -501,6 +505,7 @@ def generated_profile(
             "banner_required": True,
             "open_ports": sorted(set(open_ports) | set(wildcard_listeners())),
             "open_udp_ports": wildcard_listeners("udp"),
+            "modbus_frame_timeout_s": eps.get("modbus", {}).get("frame_timeout_s"),
             "modbus_function_codes": [1, 2, 3, 4, 5, 6, 15, 16, 22, 23],
             "ssh_auth_methods": ["publickey", "password"],
             "rtu_broadcast": "ignore",

@@ -352,11 +352,32 @@ class OpcUaPoint(Strict):
 Point = Annotated[ModbusPoints | OpcUaPoint, Field(discriminator="protocol")]
 
 
+class ModbusCounter(Strict):
+    """A 32-bit counter the device keeps in two consecutive Modbus registers and only counts up
+    (wrapping at 2**32): a scan counter, a microsecond clock, an energy or flow totaliser.
+
+    Read only, never written. CR 3.6 reads it many times under load: a whole read of its two
+    registers must never give a value below the one read before it.
+    """
+
+    protocol: Literal["modbus"] = "modbus"
+    #: ``holding`` (FC 3) or ``input`` (FC 4) registers.
+    table: Literal["holding", "input"] = "holding"
+    #: Address of the first of its two registers.
+    address: int = Field(ge=0, le=65534)
+    #: ``high_first``: the most significant word at ``address`` (the usual order);
+    #: ``low_first``: the least significant word there.
+    word_order: Literal["high_first", "low_first"] = "high_first"
+
+
 class Points(Strict):
-    """Where the harness may write (scratch) and where writes must be refused (protected)."""
+    """Where the harness may write (scratch), where writes must be refused (protected), and the
+    multi-register values it reads to judge the process image's consistency (counters)."""
 
     scratch: list[Point] = Field(default_factory=list)
     protected: list[Point] = Field(default_factory=list)
+    #: 32-bit counters the device keeps in register pairs (CR 3.6).
+    counters: list[ModbusCounter] = Field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- monitor
@@ -457,6 +478,9 @@ class Expectations(Strict):
     #: UDP ports the device is documented to answer on (SNMP 161, BACnet 47808...; anything
     #: else that answers a probe is a finding).
     open_udp_ports: list[Port] = Field(default_factory=list)
+    #: Seconds within which the device closes a Modbus/TCP connection whose request does not
+    #: arrive whole (its frame timeout; CR 7.2 assumes 2 s when not declared).
+    modbus_frame_timeout_s: float | None = Field(default=None, gt=0)
     #: Modbus function codes the device is documented to support.
     modbus_function_codes: list[Annotated[int, Field(ge=1, le=127)]] = Field(
         default_factory=lambda: [1, 2, 3, 4, 5, 6, 15, 16, 22, 23]

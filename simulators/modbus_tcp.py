@@ -1,10 +1,11 @@
 """Modbus/TCP PLC simulator: the load-test target of the bundled lab.
 
 ``python -m simulators.modbus_tcp [--host H] [--port P] [--unit N] [--posture hardened|weak]
-[--weakness NAME]... [--config FILE.json] [--scan-period-ms N] [--state-dir D]``
+[--weakness NAME]... [--config FILE.json] [--scan-period-ms N] [--state-dir D]
+[--frame-timeout-s S] [--idle-timeout-s S]``
 
-Ready line endpoints: ``{"modbus": {"host", "port", "unit"}}``, plus
-``"extra": {"host", "port"}`` with ``net.extra_open_port``.
+Ready line endpoints: ``{"modbus": {"host", "port", "unit", "frame_timeout_s",
+"idle_timeout_s"}}``, plus ``"extra": {"host", "port"}`` with ``net.extra_open_port``.
 
 Framing is our own (MBAP over asyncio): every complete ADU in the receive buffer is answered,
 in order, and the answers of one read go out in one write, so pipelined requests work as on a
@@ -21,17 +22,33 @@ Hardened behaviour:
 - a malformed MBAP header (protocol id not 0, length field < 2 or > 254, so an ADU over 260
   bytes) closes that connection; other connections keep being served;
 - at most ``connection_limit`` concurrent connections; a connection beyond it is accepted
-  and closed at once.
+  and closed at once;
+- a request must arrive whole within ``--frame-timeout-s`` (default :data:`FRAME_TIMEOUT_S`,
+  2 s) of its first byte, or the connection is closed: the timer starts with the first byte of
+  an incomplete MBAP frame and later bytes of the same frame do not restart it, so trickling a
+  byte a second (slowloris) buys nothing; it stops when the frame is complete (a partial frame
+  left behind a complete one starts its own timer);
+- a connection on which no request completes for ``--idle-timeout-s`` (default
+  :data:`IDLE_TIMEOUT_S`, 10 s), counted from the connect or from its last complete request,
+  is closed (one that connects and sends nothing is the other way to hold a slot).
+
+Both timeouts are in the ready line, under ``endpoints.modbus``: ``frame_timeout_s`` and
+``idle_timeout_s`` (``null`` where a weakness switches them off). A device that crashed
+(``modbus.crash_on_malformed``) times nothing out any more.
 
 Weaknesses: ``modbus.unauthenticated_writes`` (writes accepted outside the protected ranges),
 ``modbus.unprotected_writes`` (protected ranges writable), ``modbus.crash_on_malformed`` (after
 a malformed MBAP header the device answers nothing on any connection until restarted, but the
 listening socket stays open), ``modbus.no_input_validation`` (illegal quantities, lengths and
 addresses are answered as if valid), ``modbus.extra_function_codes`` (FC 8, 43/14, 65, 90),
-``modbus.no_connection_limit``, ``modbus.any_unit_id`` (every unit id 0..255 is answered),
+``modbus.no_connection_limit``, ``modbus.no_frame_timeout`` (neither timeout above: a connection
+holding an incomplete request, trickled or not, or sending nothing at all, is kept forever, so a
+few of them fill ``connection_limit`` and lock every other client out),
+``modbus.any_unit_id`` (every unit id 0..255 is answered),
 ``net.extra_open_port`` (a second listener, a "debug service" that sends a banner line and
 closes), ``load.fragile`` (the scan cycle starves past ``fragile_threshold_rps``),
-``net.fragile_stack`` (see below).
+``modbus.torn_reads`` (the 32-bit scan clock in HR 5..6 is published a word at a time, so a
+read of both words can be torn: see :mod:`simulators.plc`), ``net.fragile_stack`` (see below).
 
 ``net.fragile_stack`` models a controller whose IP stack shares the CPU with the scan cycle and
 chokes on abnormal traffic. A SYN flood or a malformed segment never reaches a userspace
@@ -61,6 +78,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import math
 import socket
 import sys
 import threading
@@ -82,16 +100,24 @@ WEAKNESSES = (
     "modbus.no_input_validation",
     "modbus.extra_function_codes",
     "modbus.no_connection_limit",
+    "modbus.no_frame_timeout",
     "modbus.any_unit_id",
     "net.extra_open_port",
     "load.fragile",
     "net.fragile_stack",
+    "modbus.torn_reads",
 )
 
 #: Unit id the Modbus/TCP specification reserves for addressing a TCP device directly.
 TCP_DIRECT_UNIT = 255
 #: Largest MBAP length field: unit id + a 253-byte PDU (ADU of 260 bytes).
 MAX_MBAP_LENGTH = 254
+#: Seconds a hardened device waits for a started request to arrive whole (from its first byte).
+FRAME_TIMEOUT_S = 2.0
+#: Seconds a hardened device keeps a connection on which no request completes.
+IDLE_TIMEOUT_S = 10.0
+#: A timer firing this close before its deadline counts as on time (clock resolution).
+_TIMER_SLACK_S = 1e-3
 #: What the ``net.extra_open_port`` debug service sends before it closes.
 DEBUG_BANNER = b"HSIM-PLC debug service 0.9 ready (no login required)\r\n"
 
@@ -137,7 +163,7 @@ def plc_for(args: common.SimArgs) -> PLC:
     fragile = None
     if args.has("load.fragile"):
         fragile = FragileConfig(args.config.fragile_threshold_rps, args.config.fragile_recovery_s)
-    return PLC(args.scan_period_s, fragile=fragile)
+    return PLC(args.scan_period_s, fragile=fragile, torn_reads=args.has("modbus.torn_reads"))
 
 
 def stop_event() -> asyncio.Event:
@@ -157,6 +183,36 @@ def add_unit_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unit", type=int, default=1, help="unit id served (1..247)")
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--unit N``, ``--frame-timeout-s S`` and ``--idle-timeout-s S``."""
+    add_unit_argument(parser)
+    parser.add_argument(
+        "--frame-timeout-s",
+        type=float,
+        default=FRAME_TIMEOUT_S,
+        help="seconds a started request has to arrive whole (hardened)",
+    )
+    parser.add_argument(
+        "--idle-timeout-s",
+        type=float,
+        default=IDLE_TIMEOUT_S,
+        help="seconds without a complete request before a connection is closed (hardened)",
+    )
+
+
+def check_timeouts(name: str, args: common.SimArgs) -> tuple[float | None, float | None]:
+    """(frame timeout, idle timeout) of the posture (None where a weakness removes it); the
+    error line and exit 2 on a value <= 0."""
+    frame = float(args.extra["frame_timeout_s"])
+    idle = float(args.extra["idle_timeout_s"])
+    for option, value in (("--frame-timeout-s", frame), ("--idle-timeout-s", idle)):
+        if not (value > 0 and math.isfinite(value)):
+            common.fail(name, f"{option} must be a finite number > 0, got {value:g}")
+    if args.has("modbus.no_frame_timeout"):
+        return None, None
+    return frame, idle
+
+
 def check_unit(name: str, unit: int) -> int:
     """``unit`` if it is a valid unit id; otherwise the error line and exit 2."""
     if not 1 <= unit <= 247:
@@ -173,6 +229,10 @@ class ModbusTcpServer:
     :param connection_limit: concurrent connections allowed; None for no limit.
     :param crash_on_malformed: a malformed MBAP header mutes the whole device.
     :param write_permission: decides once per connection whether it may write.
+    :param frame_timeout_s: seconds a started request has to arrive whole (from its first
+        byte) before the connection is closed; None waits forever.
+    :param idle_timeout_s: seconds without a complete request (from the connect or the last
+        one) before the connection is closed; None waits forever.
     """
 
     def __init__(
@@ -184,17 +244,34 @@ class ModbusTcpServer:
         connection_limit: int | None,
         crash_on_malformed: bool,
         write_permission: Callable[[asyncio.BaseTransport], bool],
+        frame_timeout_s: float | None = None,
+        idle_timeout_s: float | None = None,
     ) -> None:
+        for name, value in (("frame_timeout_s", frame_timeout_s),
+                            ("idle_timeout_s", idle_timeout_s)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 or None, got {value}")
         self.plc = plc
         self.engine = engine
         self.units = units
         self.connection_limit = connection_limit
         self.crash_on_malformed = crash_on_malformed
         self.write_permission = write_permission
+        self.frame_timeout_s = frame_timeout_s
+        self.idle_timeout_s = idle_timeout_s
         #: Transports currently served (within the limit).
         self.connections: set[asyncio.Transport] = set()
         #: True once ``crash_on_malformed`` has fired: nothing is answered any more.
         self.muted = False
+        #: Connections closed so far because a request did not arrive whole in time.
+        self.frame_timeouts = 0
+        #: Connections closed so far because no request completed in time.
+        self.idle_timeouts = 0
+
+    @property
+    def timed(self) -> bool:
+        """True when connections are timed out at all."""
+        return self.frame_timeout_s is not None or self.idle_timeout_s is not None
 
     def protocol(self) -> MbapProtocol:
         """Protocol factory for ``loop.create_server``."""
@@ -208,9 +285,16 @@ class ModbusTcpServer:
 
 
 class MbapProtocol(asyncio.Protocol):
-    """One Modbus/TCP connection: MBAP framing with pipelining."""
+    """One Modbus/TCP connection: MBAP framing with pipelining, and the frame and idle timers.
 
-    __slots__ = ("_buf", "_can_write", "_served", "_server", "_transport")
+    The timers are lazy: a data event only stores times (:attr:`_frame_since`,
+    :attr:`_active_at`); one timer handle per connection fires at the earliest deadline it
+    knew of, and on firing looks again, closing the connection or re-arming for the new
+    deadline. A request flood so costs no timer work per request.
+    """
+
+    __slots__ = ("_active_at", "_buf", "_can_write", "_frame_since", "_served", "_server",
+                 "_timer", "_transport")
 
     def __init__(self, server: ModbusTcpServer) -> None:
         self._server = server
@@ -218,6 +302,11 @@ class MbapProtocol(asyncio.Protocol):
         self._buf = b""
         self._can_write = False
         self._served = False
+        #: Loop time of the first byte of the incomplete frame in the buffer (None: none).
+        self._frame_since: float | None = None
+        #: Loop time of the connect or of the last complete request.
+        self._active_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self._server
@@ -231,12 +320,69 @@ class MbapProtocol(asyncio.Protocol):
         server.connections.add(transport)
         self._served = True
         self._can_write = server.write_permission(transport)
+        if server.timed:
+            self._active_at = asyncio.get_running_loop().time()
+            self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._served:
             if self._transport is not None:
                 self._server.connections.discard(self._transport)
             self._served = False
+
+    # -- frame and idle timers ----------------------------------------------------------------
+    def _deadline(self) -> tuple[float, str] | None:
+        """The earliest loop time at which this connection is closed, and why."""
+        server = self._server
+        out: tuple[float, str] | None = None
+        if server.idle_timeout_s is not None:
+            out = (self._active_at + server.idle_timeout_s, "idle")
+        if server.frame_timeout_s is not None and self._frame_since is not None:
+            frame = self._frame_since + server.frame_timeout_s
+            if out is None or frame < out[0]:
+                out = (frame, "frame")
+        return out
+
+    def _arm(self) -> None:
+        """Make sure the timer fires no later than the current deadline."""
+        due = self._deadline()
+        timer = self._timer
+        if due is None:
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
+            return
+        if timer is not None:
+            if timer.when() <= due[0]:
+                return  # fires first and looks again
+            timer.cancel()
+        self._timer = asyncio.get_running_loop().call_at(due[0], self._expire)
+
+    def _expire(self) -> None:
+        """The timer fired: close the connection if its deadline passed, else re-arm."""
+        self._timer = None
+        transport = self._transport
+        server = self._server
+        if not self._served or transport is None or transport.is_closing() or server.muted:
+            return  # a crashed device times nothing out
+        due = self._deadline()
+        if due is None:
+            return
+        if asyncio.get_running_loop().time() < due[0] - _TIMER_SLACK_S:
+            self._arm()
+            return
+        if due[1] == "frame":
+            server.frame_timeouts += 1
+        else:
+            server.idle_timeouts += 1
+        self._buf = b""
+        if transport.get_write_buffer_size():
+            transport.abort()  # the peer does not read either: do not wait for it
+        else:
+            transport.close()
 
     def pause_writing(self) -> None:
         # the peer does not read its answers: stop reading its requests (bounded memory)
@@ -289,6 +435,27 @@ class MbapProtocol(asyncio.Protocol):
                 transport.close()
             return
         self._buf = buf[pos:] if pos < size else b""
+        if server.timed:
+            self._track(completed=pos > 0, pending=pos < size)
+
+    def _track(self, *, completed: bool, pending: bool) -> None:
+        """Update the timer times after a read.
+
+        :param completed: at least one request completed in this read.
+        :param pending: an incomplete frame is left in the buffer.
+        """
+        now = asyncio.get_running_loop().time()
+        if completed:
+            self._active_at = now
+        if not pending:
+            self._frame_since = None
+        elif completed or self._frame_since is None:
+            # a frame started in this read: its first byte came now (bytes added to a frame
+            # already started leave its time alone: trickling does not extend the deadline)
+            started = self._frame_since is None
+            self._frame_since = now
+            if started:
+                self._arm()
 
 
 async def _debug_service(
@@ -646,6 +813,7 @@ async def _serve(args: common.SimArgs) -> str | None:
         ),
     )
     writes = args.has("modbus.unauthenticated_writes")
+    frame_timeout, idle_timeout = check_timeouts(NAME, args)
     server = ModbusTcpServer(
         plc,
         engine,
@@ -655,6 +823,8 @@ async def _serve(args: common.SimArgs) -> str | None:
         else args.config.connection_limit,
         crash_on_malformed=args.has("modbus.crash_on_malformed"),
         write_permission=lambda _transport: writes,
+        frame_timeout_s=frame_timeout,
+        idle_timeout_s=idle_timeout,
     )
     listeners: list[asyncio.Server] = []
     try:
@@ -662,7 +832,13 @@ async def _serve(args: common.SimArgs) -> str | None:
         listeners.append(listener)
         port = listener.sockets[0].getsockname()[1]
         endpoints: dict[str, dict[str, object]] = {
-            "modbus": {"host": args.host, "port": port, "unit": unit}
+            "modbus": {
+                "host": args.host,
+                "port": port,
+                "unit": unit,
+                "frame_timeout_s": frame_timeout,
+                "idle_timeout_s": idle_timeout,
+            }
         }
         if args.has("net.extra_open_port"):
             extra = await asyncio.start_server(lambda r, w: _debug_service(plc, r, w), args.host, 0)
@@ -698,8 +874,9 @@ async def _serve(args: common.SimArgs) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m simulators.modbus_tcp``."""
-    args = common.parse_args(NAME, WEAKNESSES, argv, add_arguments=add_unit_argument)
+    args = common.parse_args(NAME, WEAKNESSES, argv, add_arguments=add_arguments)
     check_unit(NAME, int(args.extra["unit"]))
+    check_timeouts(NAME, args)
     error = asyncio.run(_serve(args))
     if error is not None:
         common.fail(NAME, error)

@@ -15,12 +15,26 @@ setpoint            HR 1         operator set point of the control loop (writabl
 process value       HR 2, IR 1   tank level, follows the setpoint
 output              HR 3, IR 2   valve output 0..1000
 scan count (high)   HR 4         heartbeat // 65536 (wraps)
+scan clock (high)   HR 5         32-bit scan clock in microseconds, most significant word
+scan clock (low)    HR 6         its least significant word (see below)
 scratch registers   HR 100..109  free for the harness to write and restore
 protected registers HR 200..209  configuration; every write must be refused
 scratch coils       C 100..107
 protected coils     C 200..207
 run state           DI 0         1 while the scan cycle runs
 ==================  ===========  =====================================================
+
+The scan clock is one unsigned 32-bit value in two registers, high word first: it advances by
+the scan period in microseconds every scan (10 000 at the default 10 ms, so its low word carries
+into its high word every 6.5 scans) and wraps at 2**32 (after 71 minutes at any scan period).
+It stops while the scan cycle stalls. A hardened PLC writes both words in one step under the
+image lock, which every Modbus read also holds, so a read of HR 5..6 always sees one scan's
+value. With ``torn_reads`` (the ``modbus.torn_reads`` weakness) the scan publishes the high word
+one scan after the low word, as a controller does whose communication task copies a multi-word
+value while the scan is still writing it: for one scan after every carry the two words read
+together give the new low word with the old high word, 65 536 microseconds less than the clock
+and so *less* than a value read before the carry (at any scan period under 65.5 ms). Nothing
+else in the image changes with the weakness.
 """
 
 from __future__ import annotations
@@ -38,6 +52,10 @@ SETPOINT = 1
 PROCESS_VALUE = 2
 OUTPUT = 3
 SCAN_HIGH = 4
+SCAN_CLOCK_HIGH = 5
+SCAN_CLOCK_LOW = 6
+#: The scan clock is an unsigned 32-bit value: it wraps here.
+SCAN_CLOCK_MODULUS = 1 << 32
 SCRATCH_REGISTERS = range(100, 110)
 PROTECTED_REGISTERS = range(200, 210)
 SCRATCH_COILS = range(100, 108)
@@ -77,15 +95,30 @@ class PLC:
 
     :param scan_period_s: scan period in seconds (default 10 ms).
     :param fragile: when set, request load above its threshold starves the scan cycle.
+    :param torn_reads: publish the scan clock's high word one scan after its low word (the
+        ``modbus.torn_reads`` weakness; see the module docstring).
     """
 
-    def __init__(self, scan_period_s: float = 0.01, fragile: FragileConfig | None = None) -> None:
+    def __init__(
+        self,
+        scan_period_s: float = 0.01,
+        fragile: FragileConfig | None = None,
+        *,
+        torn_reads: bool = False,
+    ) -> None:
         if scan_period_s <= 0:
             raise ValueError(f"scan_period_s must be > 0, got {scan_period_s}")
         self.scan_period_s = scan_period_s
         self.fragile = fragile
+        self.torn_reads = torn_reads
         self.image = ProcessImage()
         self.scans = 0
+        #: The scan clock's true value (microseconds, 32 bits): what a whole read must show.
+        self.scan_clock_us = 0
+        #: Microseconds the scan clock advances every scan.
+        self.scan_clock_step_us = max(1, round(scan_period_s * 1_000_000))
+        #: With ``torn_reads``: the high word the next scan publishes (this scan's, one late).
+        self._pending_clock_high = 0
         self._level = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -131,12 +164,13 @@ class PLC:
 
     # -- scan cycle ------------------------------------------------------------------
     def scan(self) -> None:
-        """Run one scan: heartbeat, control loop, mirrored inputs."""
+        """Run one scan: heartbeat, scan clock, control loop, mirrored inputs."""
         img = self.image
         with img.lock:
             self.scans += 1
             img.holding[HEARTBEAT] = self.scans % 65536
             img.holding[SCAN_HIGH] = (self.scans // 65536) % 65536
+            self._advance_scan_clock()
             setpoint = img.holding[SETPOINT]
             error = setpoint - self._level
             output = max(0.0, min(1000.0, 500.0 + 2.0 * error))
@@ -147,6 +181,20 @@ class PLC:
             img.input_registers[1] = img.holding[PROCESS_VALUE]
             img.input_registers[2] = img.holding[OUTPUT]
             img.discrete_inputs[0] = True
+
+    def _advance_scan_clock(self) -> None:
+        """Advance the 32-bit scan clock by one scan and write its words (under the lock)."""
+        clock = (self.scan_clock_us + self.scan_clock_step_us) % SCAN_CLOCK_MODULUS
+        self.scan_clock_us = clock
+        high, low = divmod(clock, 65536)
+        holding = self.image.holding
+        holding[SCAN_CLOCK_LOW] = low
+        if self.torn_reads:
+            # the high word of the previous scan goes out now; this scan's waits for the next
+            holding[SCAN_CLOCK_HIGH] = self._pending_clock_high
+            self._pending_clock_high = high
+        else:
+            holding[SCAN_CLOCK_HIGH] = high
 
     def _run(self) -> None:
         next_at = time.monotonic()

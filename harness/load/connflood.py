@@ -7,7 +7,8 @@
 - :func:`hold_connections`: open up to ``count`` connections, send each an incomplete request
   (by default an MBAP header announcing 253 more bytes) and keep them open, trickling one byte
   per connection every ``trickle_s`` so that an idle timer alone does not free them; records how
-  many the device accepted, closed at once, or closed later (and when).
+  many the device accepted, closed at once, or closed later (and when), and, with a ``probe``,
+  whether a fresh client is served while the connections are held.
 
 Bounds: connection rate (:class:`~harness.load.Pacer`), total time ``duration_s`` / ``hold_s``,
 optional ``max_connections`` count, the stop flag; every socket is closed before returning.
@@ -21,6 +22,7 @@ import selectors
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from harness.load import LoadResult, NeverStop, Pacer, Series, Stoppable
@@ -133,15 +135,33 @@ def connect_storm(host: str, port: int, *, guard: Guard, rate: float, duration_s
 def hold_connections(host: str, port: int, *, guard: Guard, count: int, connection_rate: float,
                      hold_s: float, partial: bytes = MBAP_PARTIAL, trickle_s: float | None = 1.0,
                      timeout_s: float = 3.0, stop: Stoppable | None = None,
-                     kind: str = "hold_connections") -> LoadResult:
+                     kind: str = "hold_connections", probe: Callable[[], bool] | None = None,
+                     probe_every_s: float = 0.5) -> LoadResult:
     """Open up to ``count`` connections (paced), send ``partial`` on each and hold them.
 
     The whole run (opening included) lasts at most ``hold_s``. ``answered`` counts connections
-    established, ``disconnects`` those the device closed while we held them (details give the
-    seconds after which it did), ``rejected`` refused connects.
+    established, ``disconnects`` those the device closed while we held them, ``rejected``
+    refused connects.
+
+    With ``probe``: once every connection has been tried (the hold is *established*),
+    ``probe()`` is called every ``probe_every_s`` until the hold ends; it stands for a fresh
+    client trying its luck (it opens one connection, so each call takes one grant of the same
+    pacer: held connections and probes together stay within ``connection_rate``) and returns
+    True when that client was served. The generator does nothing else while a probe runs, so
+    a probe should be bounded by short timeouts.
+
+    ``details``: ``established_s`` (seconds from the start until every connection was tried;
+    None if the hold ended first), ``held_log`` (``[opened_s, closed_s]`` per established
+    connection, seconds from the start; ``closed_s`` None when it was still open at the end and
+    we closed it), ``probes`` (``[t_s, served, held_open]`` per probe: seconds from the start,
+    the probe's outcome, our connections open at that moment), ``closed_by_device_after_s``
+    (the first 50 closes, seconds after each connection's own opening), ``max_open_at_once``
+    and ``still_open_at_end``.
     """
     if not 1 <= count <= MAX_HOLD:
         raise ValueError(f"count must be 1..{MAX_HOLD}, got {count}")
+    if probe is not None and not probe_every_s > 0:
+        raise ValueError(f"probe_every_s must be > 0, got {probe_every_s}")
     address = guard.check_destination(host, port)
     family = _family(address)
     stop = stop or NeverStop()
@@ -152,8 +172,13 @@ def hold_connections(host: str, port: int, *, guard: Guard, count: int, connecti
     series = Series(start)
     sel = selectors.DefaultSelector()
     opened_at: dict[socket.socket, float] = {}
+    log_index: dict[socket.socket, int] = {}
+    held_log: list[list[float | None]] = []
+    probes: list[list[float | bool | int]] = []
     closed_after: list[float] = []
     max_open = 0
+    established: float | None = None
+    next_probe = 0.0
     next_trickle = start + (trickle_s or hold_s)
     reason = "duration"
     try:
@@ -164,6 +189,15 @@ def hold_connections(host: str, port: int, *, guard: Guard, count: int, connecti
                 break
             if now >= deadline:
                 break
+            if established is None and result.sent >= count:
+                established = now
+                next_probe = now
+            probe_due = probe is not None and established is not None and now >= next_probe
+            if probe is not None and probe_due and pacer.take(1):
+                next_probe = now + probe_every_s
+                served = bool(probe())
+                probes.append([round(now - start, 3), served, len(opened_at)])
+                continue
             if result.sent < count and pacer.take(1):
                 sock = socket.socket(family, socket.SOCK_STREAM)
                 sock.settimeout(max(0.05, min(timeout_s, deadline - now)))
@@ -181,6 +215,8 @@ def hold_connections(host: str, port: int, *, guard: Guard, count: int, connecti
                 else:
                     sock.setblocking(False)
                     opened_at[sock] = time.monotonic()
+                    log_index[sock] = len(held_log)
+                    held_log.append([round(opened_at[sock] - start, 3), None])
                     sel.register(sock, selectors.EVENT_READ)
                     result.answered += 1
                     series.add(now, 1, 1)
@@ -191,6 +227,10 @@ def hold_connections(host: str, port: int, *, guard: Guard, count: int, connecti
                     with contextlib.suppress(OSError):
                         sock.send(b"\0")
             wait = 0.01 if result.sent < count else min(0.05, max(0.0, deadline - now))
+            if probe_due:  # waiting for the pacer's grant
+                wait = min(wait, max(0.005, pacer.wait_s()))
+            elif probe is not None and established is not None:
+                wait = min(wait, max(0.0, next_probe - now))
             if not opened_at:
                 time.sleep(wait)
                 continue
@@ -204,7 +244,9 @@ def hold_connections(host: str, port: int, *, guard: Guard, count: int, connecti
                     data = b""
                 if data:
                     continue  # an answer to a partial request: keep holding
-                closed_after.append(round(time.monotonic() - opened_at.pop(sock), 3))
+                closed = time.monotonic()
+                closed_after.append(round(closed - opened_at.pop(sock), 3))
+                held_log[log_index.pop(sock)][1] = round(closed - start, 3)
                 sel.unregister(sock)
                 sock.close()
                 result.disconnects += 1
@@ -220,5 +262,10 @@ def hold_connections(host: str, port: int, *, guard: Guard, count: int, connecti
     result.series = series.rows
     result.details.update({"requested": count, "max_open_at_once": max_open,
                            "still_open_at_end": still_open,
-                           "closed_by_device_after_s": closed_after[:50]})
+                           "closed_by_device_after_s": closed_after[:50],
+                           "established_s": None if established is None
+                           else round(established - start, 3),
+                           "held_log": held_log})
+    if probe is not None:
+        result.details["probes"] = probes
     return result

@@ -6,6 +6,7 @@ and illegal quantities (which the pymodbus client refuses to encode) through a r
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import struct
@@ -32,10 +33,12 @@ ALL_WEAKNESSES = sorted(
         "modbus.no_input_validation",
         "modbus.extra_function_codes",
         "modbus.no_connection_limit",
+        "modbus.no_frame_timeout",
         "modbus.any_unit_id",
         "net.extra_open_port",
         "load.fragile",
         "net.fragile_stack",
+        "modbus.torn_reads",
     ]
 )
 
@@ -673,3 +676,181 @@ def test_hardened_heartbeat_survives_the_same_burst(start_simulator: Any, tmp_pa
     first, second, run = _heartbeat_after_burst(sturdy)
     assert first != second
     assert run == [1]
+
+
+# -- frame and idle timeouts (slowloris) ---------------------------------------------------
+#: An MBAP header announcing 253 more bytes: a request that never arrives whole.
+PARTIAL_HEADER = struct.pack(">HHH", 1, 0, 254)
+#: Seconds between two trickled bytes: far below every timeout used below.
+TRICKLE_S = 0.05
+
+
+def trickle(conns: list[Raw], rounds: int) -> list[bool]:
+    """Send one byte on each connection every :data:`TRICKLE_S`, ``rounds`` times; which ones
+    the device closed meanwhile."""
+    closed = [False] * len(conns)
+    for _ in range(rounds):
+        for i, conn in enumerate(conns):
+            if closed[i]:
+                continue
+            if conn.peer_closed(TRICKLE_S / len(conns)):
+                closed[i] = True
+                continue
+            try:
+                conn.send(b"\0")
+            except OSError:
+                closed[i] = True
+    return closed
+
+
+def test_ready_line_reports_the_timeouts(hardened: dict[str, Any], start_simulator: Any) -> None:
+    ep = endpoint(hardened)
+    assert ep["frame_timeout_s"] == 2.0
+    assert ep["idle_timeout_s"] == 10.0
+    weak = endpoint(start_simulator("modbus_tcp", "--weakness", "modbus.no_frame_timeout"))
+    assert weak["frame_timeout_s"] is None and weak["idle_timeout_s"] is None
+
+
+@pytest.mark.parametrize("option", ["--frame-timeout-s", "--idle-timeout-s"])
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_bad_timeout_exits_2(start_simulator: Any, option: str, value: str) -> None:
+    event, rc = start_simulator.expect_error("modbus_tcp", option, value)
+    assert rc == 2
+    assert event is not None and event["event"] == "error"
+    assert option in event["message"]
+
+
+def test_hardened_closes_a_trickled_request_that_never_completes(start_simulator: Any) -> None:
+    # the bytes come every 0.05 s, ten times faster than the 0.5 s timeout: only a timer that
+    # counts from the frame's first byte, not from the last byte, can close this connection
+    ep = endpoint(start_simulator("modbus_tcp", "--frame-timeout-s", "0.5"))
+    held, other = Raw(ep), Raw(ep)
+    try:
+        assert held.read_registers(100) == [1000]  # served first: not refused, timed out
+        held.send(PARTIAL_HEADER)
+        assert trickle([held], rounds=60) == [True], "trickled request kept for 3 s"
+        assert other.read_registers(101) == [1001]  # the others are not affected
+    finally:
+        held.close()
+        other.close()
+
+
+def test_hardened_keeps_a_busy_connection_whose_reads_split_frames(start_simulator: Any) -> None:
+    # 30 requests sent over 1.5 s in pieces that each end in the middle of the next request:
+    # the buffer is never empty, but every request completes well within the 0.3 s timeout
+    ep = endpoint(start_simulator("modbus_tcp", "--frame-timeout-s", "0.3"))
+    conn = Raw(ep)
+    try:
+        stream = b"".join(adu(i, 1, read_pdu(3, 100, 1)) for i in range(1, 31))
+        size = len(adu(0, 1, read_pdu(3, 100, 1)))
+        cuts = [0, *range(size // 2, len(stream), size), len(stream)]
+        for a, b in itertools.pairwise(cuts):
+            conn.send(stream[a:b])
+            time.sleep(TRICKLE_S)
+        tids = []
+        for _ in range(30):
+            got = conn.reply()
+            assert got is not None, f"connection dropped after {len(tids)} replies"
+            tids.append(got[0])
+        assert tids == list(range(1, 31))
+    finally:
+        conn.close()
+
+
+def test_hardened_idle_timeout_closes_silent_connections(start_simulator: Any) -> None:
+    ep = endpoint(start_simulator("modbus_tcp", "--idle-timeout-s", "0.5"))
+    silent, quiet = Raw(ep), Raw(ep)
+    try:
+        assert quiet.read_registers(100) == [1000]
+        assert silent.peer_closed(), "a connection that never sent anything was kept"
+        assert quiet.peer_closed(), "a connection idle after its request was kept"
+    finally:
+        silent.close()
+        quiet.close()
+
+
+def test_hardened_frees_the_connection_limit_from_held_connections(
+    start_simulator: Any, tmp_path: Path
+) -> None:
+    ep = endpoint(
+        start_simulator(
+            "modbus_tcp",
+            "--frame-timeout-s",
+            "0.5",
+            "--config",
+            config_file(tmp_path, connection_limit=2),
+        )
+    )
+    held = [Raw(ep), Raw(ep)]
+    try:
+        for conn in held:
+            conn.send(PARTIAL_HEADER)
+        extra = Raw(ep)  # the limit is full: accepted, then closed at once
+        try:
+            assert extra.peer_closed()
+        finally:
+            extra.close()
+        assert all(conn.peer_closed() for conn in held), "held connections were kept"
+        fresh = Raw(ep)
+        try:
+            assert fresh.read_registers(100) == [1000]
+        finally:
+            fresh.close()
+    finally:
+        for conn in held:
+            conn.close()
+
+
+def test_no_frame_timeout_keeps_held_connections_and_locks_clients_out(
+    start_simulator: Any, tmp_path: Path
+) -> None:
+    event = start_simulator(
+        "modbus_tcp",
+        "--weakness",
+        "modbus.no_frame_timeout",
+        "--frame-timeout-s",
+        "0.3",
+        "--idle-timeout-s",
+        "0.3",
+        "--config",
+        config_file(tmp_path, connection_limit=2),
+    )
+    ep = endpoint(event)
+    trickled, silent = Raw(ep), Raw(ep)
+    try:
+        trickled.send(PARTIAL_HEADER)
+        # 1.5 s of trickling and silence, five times either timeout: nothing is closed
+        assert trickle([trickled], rounds=30) == [False]
+        assert not silent.peer_closed(0.05)
+        fresh = Raw(ep)
+        try:
+            assert fresh.peer_closed(), "a third client was served past the limit"
+        finally:
+            fresh.close()
+        trickled.close()
+        time.sleep(0.1)
+        fresh = Raw(ep)
+        try:
+            assert fresh.read_registers(100) == [1000]  # a slot freed by the client itself
+        finally:
+            fresh.close()
+    finally:
+        trickled.close()
+        silent.close()
+
+
+def test_crashed_device_times_nothing_out(start_simulator: Any) -> None:
+    ep = endpoint(
+        start_simulator(
+            "modbus_tcp", "--weakness", "modbus.crash_on_malformed", "--frame-timeout-s", "0.3"
+        )
+    )
+    held, crasher = Raw(ep), Raw(ep)
+    try:
+        held.send(PARTIAL_HEADER)
+        crasher.send(struct.pack(">HHHB", 1, 5, 6, 1) + read_pdu(3, 0, 1))  # protocol id 5
+        assert crasher.reply(SILENCE_S) is None
+        assert not held.peer_closed(1.0), "a muted device still timed a connection out"
+    finally:
+        held.close()
+        crasher.close()
