@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 POSTURES = ("hardened", "weak")
 
@@ -324,3 +324,55 @@ def install_stop_handler(on_stop: Callable[[], None]) -> None:
     threading.Thread(target=watch, name="stop-signal", daemon=True).start()
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+class Server(Protocol):
+    """A simulator front end that :func:`serve_until_stopped` can run."""
+
+    def endpoints(self) -> dict[str, Any]:
+        """The ``endpoints`` of the ready line."""
+
+    def serve_forever(self) -> None:
+        """Serve on the calling thread until :meth:`request_stop`."""
+
+    def request_stop(self) -> None:
+        """Ask :meth:`serve_forever` to return (called from the stop-signal thread)."""
+
+    def close(self) -> None:
+        """Release everything the server holds."""
+
+
+class Background(Protocol):
+    """Something that runs beside the server for its whole life (the PLC's scan cycle)."""
+
+    def start(self) -> None:
+        """Start running."""
+
+    def stop(self) -> None:
+        """Stop running."""
+
+
+def serve_until_stopped(
+    name: str, server: Server, weaknesses: Iterable[str], background: Background | None = None
+) -> None:
+    """Announce ``server`` ready and serve until SIGTERM or SIGINT, then close it.
+
+    Installs the stop handler (:func:`install_stop_handler`), starts ``background``, prints
+    the ready line and runs :meth:`Server.serve_forever` on the calling thread; whatever way
+    that ends, the server is closed and ``background`` stopped.
+
+    :param name: the simulator's name, for the ready line.
+    :param server: a server whose set-up (binding, opening its device) has succeeded.
+    :param weaknesses: the weaknesses reported in the ready line.
+    :param background: started before the ready line, stopped after the server is closed.
+    """
+    install_stop_handler(server.request_stop)
+    if background is not None:
+        background.start()
+    try:
+        ready(name, server.endpoints(), weaknesses)
+        server.serve_forever()
+    finally:
+        server.close()
+        if background is not None:
+            background.stop()

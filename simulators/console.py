@@ -59,7 +59,8 @@ import tty
 from typing import Any
 
 from simulators import common
-from simulators.common import Account, Lockout, SimArgs
+from simulators.common import Account, SimArgs
+from simulators.login import IDLE_MESSAGE, PASSWORD_PROMPT, LoginPolicy, welcome
 from simulators.plc import PLC, PROTECTED_REGISTERS
 from simulators.shell import PROMPT, Control, DeviceShell, LineEditor, crlf
 
@@ -78,9 +79,7 @@ WEAKNESSES = (
 BAUD = 115200
 
 LOGIN_PROMPT = "login: "
-PASSWORD_PROMPT = "Password: "  # noqa: S105 (a prompt, not a password)
 LOGIN_INCORRECT = "Login incorrect"
-IDLE_MESSAGE = "idle timeout, logged out"
 FACTORY_PROMPT = "factory> "
 #: Words that open the factory menu at the login prompt on a weak device.
 DEBUG_WORDS = ("debug", "!factory")
@@ -110,13 +109,13 @@ class ConsoleSession:
 
     :param args: the parsed command line (weaknesses, config).
     :param plc: the PLC the shell reads and writes.
-    :param lockout: failed-login accounting.
+    :param policy: the login rules (lockout, factory defaults, banner, idle logout).
     """
 
-    def __init__(self, args: SimArgs, plc: PLC, lockout: Lockout) -> None:
+    def __init__(self, args: SimArgs, plc: PLC, policy: LoginPolicy) -> None:
         self.args = args
         self.plc = plc
-        self.lockout = lockout
+        self.policy = policy
         self.editor = LineEditor()
         self.state = State.LOGIN
         self.account: Account | None = None
@@ -146,8 +145,8 @@ class ConsoleSession:
         self.state = State.SHELL
 
     def _greeting(self, prompt: str) -> str:
-        banner = self.args.config.banner
-        if self.args.has("console.no_banner") or not banner:
+        banner = self.policy.banner
+        if not banner:
             return f"\n{prompt}"
         return f"\n{banner}\n\n{prompt}"
 
@@ -158,7 +157,7 @@ class ConsoleSession:
     @property
     def idle_logout_enabled(self) -> bool:
         """True when an idle session is logged out (and it is a session worth logging out)."""
-        if self.args.has("console.no_idle_logout") or self.args.config.idle_timeout_s <= 0:
+        if self.policy.idle_timeout_s <= 0:
             return False
         if self.args.has("console.no_login"):
             return self.greeted
@@ -176,7 +175,7 @@ class ConsoleSession:
 
     def tick(self) -> bytes:
         """Called periodically; logs an idle session out."""
-        idle_s = self.args.config.idle_timeout_s
+        idle_s = self.policy.idle_timeout_s
         if self.idle_logout_enabled and time.monotonic() - self.last_input > idle_s:
             self.last_input = time.monotonic()
             return crlf(f"\n{IDLE_MESSAGE}\n" + self._to_login())
@@ -220,17 +219,14 @@ class ConsoleSession:
 
     def _on_password(self, password: str) -> str:
         self.editor.echo = True
-        account = common.authenticate(
-            self.args.config, self.lockout, self.user, password,
-            factory_defaults=self.args.has("console.default_credentials"))
+        account = self.policy.authenticate(self.user, password)
         self.user = ""
         if account is None:
             self.state = State.LOGIN
             return f"{LOGIN_INCORRECT}\n" + self._greeting(LOGIN_PROMPT)
         self._login(account)
         self.greeted = True
-        return (f"{account.user} logged in (role {account.role}). "
-                f"Type 'help' for commands.\n{PROMPT}")
+        return welcome(account) + PROMPT
 
     def _on_shell(self, line: str) -> str:
         assert self.shell is not None
@@ -336,9 +332,8 @@ class ConsoleSimulator:
     def __init__(self, args: SimArgs, plc: PLC) -> None:
         self.args = args
         self.plc = plc
-        self.lockout = Lockout(args.config.lockout_threshold, args.config.lockout_duration_s,
-                               enabled=not args.has("console.no_lockout"))
-        self.session = ConsoleSession(args, plc, self.lockout)
+        self.policy = LoginPolicy.from_args(args, "console", known=WEAKNESSES)
+        self.session = ConsoleSession(args, plc, self.policy)
         self.stopping = threading.Event()
         master, slave = os.openpty()
         self.master = master
@@ -452,14 +447,7 @@ def main(argv: list[str] | None = None) -> None:
         sim = ConsoleSimulator(args, plc)
     except OSError as exc:
         common.fail(NAME, f"cannot create a pseudo-terminal: {exc}")
-    common.install_stop_handler(sim.request_stop)
-    plc.start()
-    try:
-        common.ready(NAME, sim.endpoints(), args.weaknesses)
-        sim.serve_forever()
-    finally:
-        sim.close()
-        plc.stop()
+    common.serve_until_stopped(NAME, sim, args.weaknesses, plc)
 
 
 if __name__ == "__main__":

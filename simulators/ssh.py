@@ -83,7 +83,8 @@ from paramiko.kex_curve25519 import KexCurve25519
 from paramiko.kex_group14 import KexGroup14SHA256
 
 from simulators import common
-from simulators.common import Account, Lockout, SimArgs
+from simulators.common import Account, SimArgs
+from simulators.login import IDLE_MESSAGE, PASSWORD_PROMPT, LoginPolicy, welcome
 from simulators.plc import PLC, FragileConfig
 from simulators.shell import PROMPT, Control, DeviceShell, LineEditor, crlf
 
@@ -114,8 +115,6 @@ LOGIN_GRACE_S = 20.0
 OVER_LIMIT_GRACE_S = 0.5
 #: Housekeeping period of the reaper thread.
 REAPER_PERIOD_S = 0.1
-
-IDLE_MESSAGE = "idle timeout, logged out"
 
 # paramiko's answers, typed (paramiko ships no type information)
 _AUTH_OK: int = paramiko.AUTH_SUCCESSFUL
@@ -368,9 +367,10 @@ class _DeviceServer(paramiko.ServerInterface):
         return ",".join(methods)
 
     def get_banner(self) -> tuple[str | None, str | None]:
-        if self.sim.args.has("ssh.no_banner") or not self.sim.config.banner:
+        banner = self.sim.policy.banner
+        if not banner:
             return (None, None)
-        return (self.sim.config.banner + "\r\n", "en-US")
+        return (banner + "\r\n", "en-US")
 
     def _granted(self, account: Account) -> int:
         self.conn.account = account
@@ -384,12 +384,12 @@ class _DeviceServer(paramiko.ServerInterface):
         return self._granted(account)
 
     def check_auth_password(self, username: str, password: str) -> int:
-        account = self.sim.authenticate(username, password)
+        account = self.sim.policy.authenticate(username, password)
         return _AUTH_FAILED if account is None else self._granted(account)
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
         account = self.sim.config.account(username)
-        if (account is None or self.sim.lockout.is_locked(username)
+        if (account is None or self.sim.policy.lockout.is_locked(username)
                 or key.get_name() != self.sim.keys.client_public.get_name()
                 or key.asbytes() != self.sim.keys.client_public.asbytes()):
             return _AUTH_FAILED
@@ -400,14 +400,14 @@ class _DeviceServer(paramiko.ServerInterface):
             return _AUTH_FAILED
         self.conn.interactive_user = username
         query = paramiko.InteractiveQuery("", "")
-        query.add_prompt("Password: ", echo=False)
+        query.add_prompt(PASSWORD_PROMPT, echo=False)
         return query
 
     def check_auth_interactive_response(self, responses: list[str]) -> int:
         user = self.conn.interactive_user
         if not user or not self.sim.args.has("ssh.extra_auth_methods") or len(responses) != 1:
             return _AUTH_FAILED
-        account = self.sim.authenticate(user, responses[0])
+        account = self.sim.policy.authenticate(user, responses[0])
         return _AUTH_FAILED if account is None else self._granted(account)
 
     # -- channels --------------------------------------------------------------------
@@ -447,8 +447,8 @@ class SSHSimulator:
         self.plc = plc
         self.keys = keys
         self.algorithms = algorithm_set(args.has("ssh.weak_algorithms"))
-        self.lockout = Lockout(self.config.lockout_threshold, self.config.lockout_duration_s,
-                               enabled=not args.has("ssh.no_lockout"))
+        self.policy = LoginPolicy.from_args(args, "ssh", idle_switch="no_idle_timeout",
+                                            known=WEAKNESSES)
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.listener: socket.socket | None = None
@@ -479,11 +479,6 @@ class SSHSimulator:
         }}
 
     # -- policy helpers used by the callbacks -----------------------------------------
-    def authenticate(self, user: str, password: str) -> Account | None:
-        """Password check with lockout (and factory defaults on a weak device)."""
-        return common.authenticate(self.config, self.lockout, user, password,
-                                   factory_defaults=self.args.has("ssh.default_credentials"))
-
     def take_slot(self, conn: _Connection) -> bool:
         """Apply the session limit to an authenticated connection; True if it may proceed."""
         if not conn.transport.is_authenticated():
@@ -557,8 +552,7 @@ class SSHSimulator:
         assert conn.account is not None
         editor = LineEditor()
         editor.echo = pty
-        _send(channel, crlf(f"{conn.account.user} logged in (role {conn.account.role}). "
-                            "Type 'help' for commands.\n") + PROMPT.encode())
+        _send(channel, crlf(welcome(conn.account)) + PROMPT.encode())
         while not self.stopping.is_set() and not channel.closed:
             try:
                 data = channel.recv(1024)
@@ -639,8 +633,8 @@ class SSHSimulator:
         self._conns = alive
 
     def _reap_loop(self) -> None:
-        idle_s = self.config.idle_timeout_s
-        idle_enabled = idle_s > 0 and not self.args.has("ssh.no_idle_timeout")
+        idle_s = self.policy.idle_timeout_s
+        idle_enabled = idle_s > 0
         while not self.stopping.wait(REAPER_PERIOD_S):
             now = time.monotonic()
             to_close: list[tuple[_Connection, str | None]] = []
@@ -732,14 +726,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         sim.close()
         common.fail(NAME, f"cannot listen on {args.host}:{args.port}: {exc}")
-    common.install_stop_handler(sim.request_stop)
-    plc.start()
-    try:
-        common.ready(NAME, sim.endpoints(), args.weaknesses)
-        sim.serve_forever()
-    finally:
-        sim.close()
-        plc.stop()
+    common.serve_until_stopped(NAME, sim, args.weaknesses, plc)
 
 
 if __name__ == "__main__":
