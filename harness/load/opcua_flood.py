@@ -1,0 +1,1362 @@
+"""OPC UA floods: secure channels, sessions and reads (CR 7.1), and the heartbeat judgement.
+
+Three generators, bounded like every other here (a rate cap, a deadline, an optional count, the
+stop flag) and closing every socket before they return:
+
+- :func:`channel_flood`: per connection, Hello -> Acknowledge, OpenSecureChannel with
+  SecurityPolicy None -> its answer, CloseSecureChannel, close; paced at a connection rate, up
+  to ``concurrency`` connections at once. When the device refuses None channels (see
+  :func:`probe_endpoint`) pass ``open_channel=False``: each connection then stops at the
+  Hello/Acknowledge (the load is said to be Hello-only in the result);
+- :func:`session_flood`: per connection, Hello, a None channel, then ``sessions_per_channel``
+  times CreateSession (no client certificate) -> ActivateSession (anonymous token) ->
+  CloseSession, then CloseSecureChannel; paced in CreateSession requests per second. A device
+  that refuses the CreateSession (a ServiceFault: e.g. BadSecurityChecksFailed when every
+  endpoint needs a certificate) still does the work of parsing and refusing it: that is the
+  flood an unauthenticated client can send, and what the result counts as ``rejected``;
+- :func:`read_flood`: Read requests (one node each) on one activated session, up to
+  ``in_flight`` outstanding, paced in requests per second; asyncua does the channel security
+  (the session comes from :mod:`harness.protocols.opcua`, on its event loop).
+
+The first two write OPC UA TCP themselves (OPC 10000-6, sections 6.7 and 7.1: the HEL, ACK,
+ERR, OPN, CLO and MSG messages, and the few service bodies they carry, in the binary encoding
+of section 5.2), non-blocking over a selector, so one process opens hundreds of channels a
+second: asyncua's full client costs milliseconds per connection.
+
+:class:`HeartbeatWatch` and :func:`heartbeat_progress` judge the profile's OPC UA essential
+function beyond its read latency: the ``opcua_read`` monitor probe records the value it read,
+and a node whose value kept changing before the load (a heartbeat counter) must keep changing
+during it and after it. A device whose scan cycle starves under a flood still answers reads
+(with a stale value) in time; only the value shows it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from harness.errors import TargetError
+from harness.load import DRAIN_S, LoadResult, NeverStop, Pacer, Series, Stoppable
+
+if TYPE_CHECKING:
+    from harness.load.monitor import Sample
+    from harness.protocols.opcua import UaSession
+    from harness.safety import Guard
+
+#: ReceiveBufferSize (largest chunk) we announce in the Hello; bigger chunks end the connection.
+RECEIVE_BUFFER_SIZE = 65535
+#: MaxMessageSize we announce; a connection's receive buffer never holds more than this.
+MAX_MESSAGE_SIZE = 1 << 20
+#: MaxChunkCount we announce.
+MAX_CHUNK_COUNT = 32
+#: URI of SecurityPolicy None.
+POLICY_NONE_URI = "http://opcfoundation.org/UA/SecurityPolicy#None"
+#: RequestedLifetime of a flood channel (ms); it is closed at once anyway.
+CHANNEL_LIFETIME_MS = 60_000
+#: RequestedSessionTimeout of a flood session (ms); it is closed at once anyway.
+SESSION_TIMEOUT_MS = 10_000.0
+#: Most connections a flood keeps open at once.
+MAX_CONCURRENCY = 256
+#: Most sessions one flood channel carries.
+MAX_SESSIONS_PER_CHANNEL = 1024
+#: Most Read requests outstanding on the read flood's session.
+MAX_IN_FLIGHT = 256
+
+#: Binary encoding ids (namespace 0) of the service types used here.
+OPEN_SECURE_CHANNEL_REQUEST = 446
+OPEN_SECURE_CHANNEL_RESPONSE = 449
+CLOSE_SECURE_CHANNEL_REQUEST = 452
+CREATE_SESSION_REQUEST = 461
+CREATE_SESSION_RESPONSE = 464
+ACTIVATE_SESSION_REQUEST = 467
+ACTIVATE_SESSION_RESPONSE = 470
+CLOSE_SESSION_REQUEST = 473
+CLOSE_SESSION_RESPONSE = 476
+SERVICE_FAULT = 397
+ANONYMOUS_IDENTITY_TOKEN = 321
+
+#: 100 ns ticks from 1601-01-01 (OPC UA DateTime) to 1970-01-01.
+_EPOCH_TICKS = 116_444_736_000_000_000
+_U32 = struct.Struct("<I")
+_I32 = struct.Struct("<i")
+_HEADER = struct.Struct("<3scI")
+_NULL_NODE = b"\x00\x00"
+#: An ExtensionObject with no body (TypeId null, encoding 0).
+_NULL_EXTENSION = b"\x00\x00\x00"
+#: MessageSecurityMode None, SecurityTokenRequestType Issue.
+_MODE_NONE = 1
+_REQUEST_ISSUE = 0
+
+
+class FrameError(ValueError):
+    """Bytes that are not the OPC UA TCP message they claim to be."""
+
+
+# --------------------------------------------------------------------------- encoding
+def ua_string(value: str | bytes | None) -> bytes:
+    """A String or ByteString: Int32 length (-1 for null) and the bytes."""
+    if value is None:
+        return _I32.pack(-1)
+    raw = value.encode() if isinstance(value, str) else value
+    return _I32.pack(len(raw)) + raw
+
+
+def ua_datetime(when: float | None = None) -> bytes:
+    """A DateTime (100 ns ticks since 1601) for a POSIX time (default now)."""
+    seconds = time.time() if when is None else when
+    return struct.pack("<q", _EPOCH_TICKS + int(seconds * 10_000_000))
+
+
+def numeric_node(identifier: int) -> bytes:
+    """A namespace-0 numeric NodeId in its shortest encoding."""
+    if identifier < 256:
+        return bytes((0, identifier))
+    if identifier < 65536:
+        return struct.pack("<BBH", 1, 0, identifier)
+    return struct.pack("<BHI", 2, 0, identifier)
+
+
+def _chunk(mtype: bytes, body: bytes) -> bytes:
+    return _HEADER.pack(mtype, b"F", 8 + len(body)) + body
+
+
+def hello(endpoint_url: str) -> bytes:
+    """A Hello (OPC 10000-6, 7.1.2.3) announcing this module's buffer limits."""
+    body = struct.pack("<IIIII", 0, RECEIVE_BUFFER_SIZE, RECEIVE_BUFFER_SIZE, MAX_MESSAGE_SIZE,
+                       MAX_CHUNK_COUNT) + ua_string(endpoint_url)
+    return _chunk(b"HEL", body)
+
+
+def request_header(handle: int, auth_token: bytes = _NULL_NODE, timeout_hint_ms: int = 0,
+                   stamp: bytes | None = None) -> bytes:
+    """A RequestHeader (OPC 10000-4, 7.33) with ``auth_token`` (an encoded NodeId)."""
+    return (auth_token + (stamp or ua_datetime()) + _U32.pack(handle) + _U32.pack(0)
+            + ua_string(None) + _U32.pack(timeout_hint_ms) + _NULL_EXTENSION)
+
+
+def open_secure_channel_none(sequence: int, request_id: int, handle: int = 1,
+                             lifetime_ms: int = CHANNEL_LIFETIME_MS) -> bytes:
+    """An OpenSecureChannel (Issue) with SecurityPolicy None, security mode None."""
+    body = (_U32.pack(0) + ua_string(POLICY_NONE_URI) + ua_string(None) + ua_string(None)
+            + _U32.pack(sequence) + _U32.pack(request_id)
+            + numeric_node(OPEN_SECURE_CHANNEL_REQUEST) + request_header(handle)
+            + _U32.pack(0) + _U32.pack(_REQUEST_ISSUE) + _U32.pack(_MODE_NONE)
+            + ua_string(b"") + _U32.pack(lifetime_ms))
+    return _chunk(b"OPN", body)
+
+
+def secure_message(mtype: bytes, channel_id: int, token_id: int, sequence: int, request_id: int,
+                   *, service: bytes) -> bytes:
+    """A MSG or CLO chunk on a None channel: symmetric header, sequence header, ``service``
+    (its encoding NodeId and body)."""
+    body = struct.pack("<IIII", channel_id, token_id, sequence, request_id) + service
+    return _chunk(mtype, body)
+
+
+def close_secure_channel(channel_id: int, token_id: int, sequence: int, request_id: int,
+                         handle: int = 0) -> bytes:
+    """A CloseSecureChannel."""
+    service = numeric_node(CLOSE_SECURE_CHANNEL_REQUEST) + request_header(handle)
+    return secure_message(b"CLO", channel_id, token_id, sequence, request_id, service=service)
+
+
+def create_session_service(handle: int, endpoint_url: str, session_name: str,
+                           application_uri: str = "urn:harness:load",
+                           timeout_ms: float = SESSION_TIMEOUT_MS) -> bytes:
+    """A CreateSessionRequest (encoding NodeId and body) with no client certificate."""
+    description = (ua_string(application_uri) + ua_string("urn:harness")
+                   + b"\x02" + ua_string("harness load")          # LocalizedText, text only
+                   + _U32.pack(1)                                 # ApplicationType Client
+                   + ua_string(None) + ua_string(None) + _I32.pack(-1))
+    body = (request_header(handle) + description + ua_string(None) + ua_string(endpoint_url)
+            + ua_string(session_name) + ua_string(bytes(32)) + ua_string(None)
+            + struct.pack("<d", timeout_ms) + _U32.pack(MAX_MESSAGE_SIZE))
+    return numeric_node(CREATE_SESSION_REQUEST) + body
+
+
+def activate_session_service(handle: int, auth_token: bytes, policy_id: str) -> bytes:
+    """An ActivateSessionRequest with an anonymous identity token (no credentials)."""
+    token_body = ua_string(policy_id)
+    token = numeric_node(ANONYMOUS_IDENTITY_TOKEN) + b"\x01" + _I32.pack(len(token_body)) \
+        + token_body
+    no_signature = ua_string(None) + ua_string(None)
+    body = (request_header(handle, auth_token) + no_signature + _I32.pack(-1) + _I32.pack(-1)
+            + token + no_signature)
+    return numeric_node(ACTIVATE_SESSION_REQUEST) + body
+
+
+def close_session_service(handle: int, auth_token: bytes) -> bytes:
+    """A CloseSessionRequest (DeleteSubscriptions true)."""
+    return numeric_node(CLOSE_SESSION_REQUEST) + request_header(handle, auth_token) + b"\x01"
+
+
+# --------------------------------------------------------------------------- decoding
+class Reader:
+    """Bounded reads from one message; any overrun is a :class:`FrameError`."""
+
+    def __init__(self, data: bytes | memoryview, pos: int = 0) -> None:
+        self.data = data
+        self.pos = pos
+
+    def take(self, n: int) -> bytes:
+        """The next ``n`` bytes."""
+        end = self.pos + n
+        if n < 0 or end > len(self.data):
+            raise FrameError(f"message ends at {len(self.data)} bytes, {n} more needed at "
+                             f"offset {self.pos}")
+        out = bytes(self.data[self.pos:end])
+        self.pos = end
+        return out
+
+    def u8(self) -> int:
+        """A Byte."""
+        return self.take(1)[0]
+
+    def u32(self) -> int:
+        """A UInt32."""
+        return int(_U32.unpack(self.take(4))[0])
+
+    def i32(self) -> int:
+        """An Int32."""
+        return int(_I32.unpack(self.take(4))[0])
+
+    def string(self) -> bytes | None:
+        """A String or ByteString (None when null)."""
+        n = self.i32()
+        if n < 0:
+            return None
+        return self.take(n)
+
+    def node_id(self) -> bytes:
+        """A NodeId, returned as its encoded bytes."""
+        start = self.pos
+        kind = self.u8()
+        encoding = kind & 0x3F
+        if encoding == 0:
+            self.take(1)
+        elif encoding == 1:
+            self.take(3)
+        elif encoding == 2:
+            self.take(6)
+        elif encoding in (3, 5):
+            self.take(2)
+            self.string()
+        elif encoding == 4:
+            self.take(18)
+        else:
+            raise FrameError(f"NodeId encoding {encoding} unknown")
+        if kind & 0x80:
+            self.string()
+        if kind & 0x40:
+            self.take(4)
+        return bytes(self.data[start:self.pos])
+
+    def diagnostic_info(self, depth: int = 0) -> None:
+        """Skip a DiagnosticInfo."""
+        if depth > 8:
+            raise FrameError("DiagnosticInfo nested too deep")
+        mask = self.u8()
+        for bit in (0x01, 0x02, 0x04, 0x08):
+            if mask & bit:
+                self.take(4)
+        if mask & 0x10:
+            self.string()
+        if mask & 0x20:
+            self.take(4)
+        if mask & 0x40:
+            self.diagnostic_info(depth + 1)
+
+    def extension_object(self) -> None:
+        """Skip an ExtensionObject."""
+        self.node_id()
+        if self.u8() in (1, 2):
+            self.string()
+
+    def response_header(self) -> int:
+        """Skip a ResponseHeader; return its ServiceResult."""
+        self.take(12)  # Timestamp, RequestHandle
+        status = self.u32()
+        self.diagnostic_info()
+        count = self.i32()
+        if count > len(self.data):
+            raise FrameError(f"StringTable of {count} strings in a {len(self.data)}-byte message")
+        for _ in range(max(0, count)):
+            self.string()
+        self.extension_object()
+        return status
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One OPC UA TCP chunk."""
+
+    #: ``HEL``, ``ACK``, ``ERR``, ``OPN``, ``CLO``, ``MSG``, ``RHE``.
+    mtype: bytes
+    #: ``F`` (final), ``C`` (intermediate) or ``A`` (abort).
+    ctype: bytes
+    #: The whole chunk, header included.
+    data: bytes
+
+
+_MESSAGE_TYPES = frozenset({b"HEL", b"ACK", b"ERR", b"RHE", b"OPN", b"CLO", b"MSG"})
+
+
+def split_chunks(buf: bytearray) -> list[Chunk]:
+    """Remove the complete chunks at the start of ``buf`` and return them.
+
+    :raises FrameError: an unknown message or chunk type, a size under 8 or over
+        :data:`RECEIVE_BUFFER_SIZE` (checked as soon as a header is there).
+    """
+    out: list[Chunk] = []
+    pos = 0
+    size_all = len(buf)
+    while size_all - pos >= 8:
+        mtype, ctype, size = _HEADER.unpack_from(buf, pos)
+        if mtype not in _MESSAGE_TYPES or ctype not in (b"F", b"C", b"A"):
+            raise FrameError(f"unknown message header {bytes(buf[pos:pos + 4])!r}")
+        if not 8 <= size <= RECEIVE_BUFFER_SIZE:
+            raise FrameError(f"{mtype.decode()} chunk of {size} bytes (we take 8.."
+                             f"{RECEIVE_BUFFER_SIZE})")
+        if size_all - pos < size:
+            break
+        out.append(Chunk(mtype, ctype, bytes(buf[pos:pos + size])))
+        pos += size
+    if pos:
+        del buf[:pos]
+    return out
+
+
+@dataclass(frozen=True)
+class Acknowledge:
+    """An Acknowledge's limits."""
+
+    protocol_version: int
+    receive_buffer_size: int
+    send_buffer_size: int
+    max_message_size: int
+    max_chunk_count: int
+
+
+def parse_acknowledge(chunk: Chunk) -> Acknowledge:
+    """The limits of an ACK chunk."""
+    if chunk.mtype != b"ACK" or len(chunk.data) < 28:
+        raise FrameError(f"expected an Acknowledge, got {chunk.mtype!r} of {len(chunk.data)} "
+                         "bytes")
+    return Acknowledge(*struct.unpack_from("<IIIII", chunk.data, 8))
+
+
+def parse_error(chunk: Chunk) -> tuple[int, str]:
+    """(status code, reason) of an ERR chunk."""
+    r = Reader(chunk.data, 8)
+    code = r.u32()
+    reason = r.string() or b""
+    return code, reason[:200].decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class Response:
+    """The head of a service response (OPN or MSG)."""
+
+    #: Secure channel id from the message header.
+    channel_id: int
+    #: RequestId of the sequence header.
+    request_id: int
+    #: Encoding id of the response type (``SERVICE_FAULT`` for a fault).
+    type_id: int
+    #: ServiceResult of the ResponseHeader.
+    status: int
+    #: OpenSecureChannel only: the token id; CreateSession only: the encoded
+    #: AuthenticationToken.
+    token_id: int = 0
+    auth_token: bytes = b""
+
+
+def _type_id(r: Reader) -> int:
+    raw = r.node_id()
+    kind = raw[0] & 0x3F
+    if kind == 0:
+        return raw[1]
+    if kind == 1:
+        return int(struct.unpack_from("<H", raw, 2)[0])
+    if kind == 2:
+        return int(_U32.unpack_from(raw, 3)[0])
+    return -1
+
+
+def parse_response(chunk: Chunk) -> Response:
+    """Parse an OPN or MSG chunk's headers and, for the responses this module asks for, the
+    fields it needs (only the first chunk of a message carries them).
+
+    :raises FrameError: malformed.
+    """
+    r = Reader(chunk.data, 8)
+    channel_id = r.u32()
+    if chunk.mtype == b"OPN":
+        policy = r.string()
+        r.string()
+        r.string()
+        if policy is not None and policy.decode("utf-8", "replace") != POLICY_NONE_URI:
+            raise FrameError(f"OpenSecureChannel answered with policy {policy!r}")
+    elif chunk.mtype == b"MSG":
+        r.u32()  # token id
+    else:
+        raise FrameError(f"expected OPN or MSG, got {chunk.mtype!r}")
+    r.u32()  # sequence number
+    request_id = r.u32()
+    type_id = _type_id(r)
+    status = r.response_header()
+    token_id = 0
+    auth = b""
+    if status < 0x80000000:
+        if type_id == OPEN_SECURE_CHANNEL_RESPONSE:
+            r.u32()  # server protocol version
+            channel_id = r.u32()
+            token_id = r.u32()
+        elif type_id == CREATE_SESSION_RESPONSE:
+            r.node_id()  # SessionId
+            auth = r.node_id()
+    return Response(channel_id, request_id, type_id, status, token_id, auth)
+
+
+# --------------------------------------------------------------------------- probe
+@dataclass
+class EndpointProbe:
+    """What one Hello and one None OpenSecureChannel showed before a flood."""
+
+    #: The Acknowledge (None when the device answered the Hello with an Error).
+    acknowledge: Acknowledge | None
+    #: True when the device opened a SecurityPolicy None channel.
+    none_channel: bool
+    #: Status name of a refusal (an Error message or a Bad ServiceResult), if any.
+    refused: str | None = None
+    #: The messages sent and received, for the evidence.
+    exchanges: list[tuple[str, str, bytes]] = field(default_factory=list)
+    #: Seconds the probe took.
+    elapsed_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        ack = self.acknowledge
+        return {
+            "acknowledge": None if ack is None else {
+                "receive_buffer_size": ack.receive_buffer_size,
+                "send_buffer_size": ack.send_buffer_size,
+                "max_message_size": ack.max_message_size,
+                "max_chunk_count": ack.max_chunk_count},
+            "none_channel": self.none_channel,
+            "refused": self.refused,
+            "elapsed_s": round(self.elapsed_s, 4),
+        }
+
+
+def status_text(code: int) -> str:
+    """The status code's name (``BadSecurityChecksFailed``)."""
+    from harness.protocols.opcua import status_name
+
+    return status_name(code)
+
+
+def _read_chunk(sock: socket.socket, buf: bytearray, deadline: float, what: str) -> Chunk:
+    while True:
+        chunks = split_chunks(buf)
+        if chunks:
+            if buf:
+                raise FrameError(f"{what}: {len(buf)} unexpected bytes after the answer")
+            if len(chunks) > 1:
+                raise FrameError(f"{what}: {len(chunks)} messages where one was expected")
+            return chunks[0]
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"{what}: no answer")
+        sock.settimeout(left)
+        data = sock.recv(RECEIVE_BUFFER_SIZE)
+        if not data:
+            raise ConnectionResetError(f"{what}: the device closed the connection")
+        buf += data
+        if len(buf) > 2 * RECEIVE_BUFFER_SIZE:
+            raise FrameError(f"{what}: more data than one message")
+
+
+def probe_endpoint(host: str, port: int, endpoint_url: str, *, guard: Guard,
+                   timeout_s: float = 3.0) -> EndpointProbe:
+    """Hello, then OpenSecureChannel with SecurityPolicy None, then CloseSecureChannel.
+
+    :raises TargetError: no TCP connection, no answer in time, or not OPC UA TCP.
+    """
+    address = guard.check_destination(host, port)
+    from harness.load import open_tcp
+
+    started = time.monotonic()
+    deadline = started + timeout_s
+    probe = EndpointProbe(None, False)
+    where = f"opcua {host}:{port}"
+    try:
+        sock = open_tcp(address, port, timeout_s)
+    except OSError as exc:
+        raise TargetError(f"{where}: cannot connect: {exc}") from exc
+    buf = bytearray()
+    try:
+        msg = hello(endpoint_url)
+        sock.sendall(msg)
+        probe.exchanges.append(("sent", "Hello", msg))
+        chunk = _read_chunk(sock, buf, deadline, "Hello")
+        probe.exchanges.append(("received", chunk.mtype.decode(), chunk.data[:64]))
+        if chunk.mtype == b"ERR":
+            probe.refused = status_text(parse_error(chunk)[0])
+            return probe
+        probe.acknowledge = parse_acknowledge(chunk)
+        if probe.acknowledge.receive_buffer_size < 8192:
+            raise FrameError(f"Acknowledge ReceiveBufferSize "
+                             f"{probe.acknowledge.receive_buffer_size} is under 8192")
+        msg = open_secure_channel_none(1, 1)
+        sock.sendall(msg)
+        probe.exchanges.append(("sent", "OpenSecureChannel None", msg))
+        try:
+            chunk = _read_chunk(sock, buf, deadline, "OpenSecureChannel")
+        except ConnectionResetError:
+            probe.refused = "connection closed"
+            return probe
+        probe.exchanges.append(("received", chunk.mtype.decode(), chunk.data[:96]))
+        if chunk.mtype == b"ERR":
+            probe.refused = status_text(parse_error(chunk)[0])
+            return probe
+        answer = parse_response(chunk)
+        if answer.status >= 0x80000000 or answer.type_id != OPEN_SECURE_CHANNEL_RESPONSE:
+            probe.refused = status_text(answer.status)
+            return probe
+        probe.none_channel = True
+        with contextlib.suppress(OSError):
+            sock.sendall(close_secure_channel(answer.channel_id, answer.token_id, 2, 2))
+    except FrameError as exc:
+        raise TargetError(f"{where}: not an OPC UA TCP answer: {exc}") from exc
+    except TimeoutError as exc:
+        raise TargetError(f"{where}: no answer within {timeout_s:g} s ({exc})") from exc
+    except OSError as exc:
+        raise TargetError(f"{where}: {exc}") from exc
+    finally:
+        sock.close()
+        probe.elapsed_s = time.monotonic() - started
+    return probe
+
+
+# --------------------------------------------------------------------------- the engine
+#: Connection states.
+_CONNECTING, _HELLO, _OPEN, _READY, _CREATE, _ACTIVATE, _CLOSE = range(7)
+
+
+@dataclass(eq=False)
+class _Conn:
+    sock: socket.socket
+    started: float
+    state: int = _CONNECTING
+    buf: bytearray = field(default_factory=bytearray)
+    out: bytearray = field(default_factory=bytearray)
+    last_progress: float = 0.0
+    sequence: int = 0
+    request_id: int = 0
+    channel_id: int = 0
+    token_id: int = 0
+    auth_token: bytes = _NULL_NODE
+    sessions: int = 0
+    #: A message spread over chunks: its first chunk's head.
+    partial: Response | None = None
+
+
+class UaTcpFlood:
+    """The non-blocking engine behind :func:`channel_flood` and :func:`session_flood`.
+
+    :param mode: ``hello`` (Hello/Acknowledge only), ``channel`` (plus a None channel) or
+        ``session`` (plus sessions on it).
+    """
+
+    def __init__(self, host: str, port: int, endpoint_url: str, *, guard: Guard, mode: str,
+                 concurrency: int, connection_rate: float, session_rate: float | None = None,
+                 sessions_per_channel: int = 1, anonymous_policy_id: str = "anonymous",
+                 timeout_s: float = 3.0, stop: Stoppable | None = None) -> None:
+        if mode not in ("hello", "channel", "session"):
+            raise ValueError(f"mode must be hello, channel or session, got {mode!r}")
+        if not 1 <= concurrency <= MAX_CONCURRENCY:
+            raise ValueError(f"concurrency must be 1..{MAX_CONCURRENCY}, got {concurrency}")
+        if not 1 <= sessions_per_channel <= MAX_SESSIONS_PER_CHANNEL:
+            raise ValueError(f"sessions_per_channel must be 1..{MAX_SESSIONS_PER_CHANNEL}, "
+                             f"got {sessions_per_channel}")
+        if mode == "session" and session_rate is None:
+            raise ValueError("a session flood needs session_rate")
+        self.host = host
+        self.port = port
+        self.guard = guard
+        self.address = guard.check_destination(host, port)
+        self.family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
+        self.endpoint_url = endpoint_url
+        self.mode = mode
+        self.concurrency = concurrency
+        self.conn_pacer = Pacer(connection_rate)
+        self.session_pacer = Pacer(session_rate) if session_rate is not None else None
+        self.sessions_per_channel = sessions_per_channel
+        self.anonymous_policy_id = anonymous_policy_id
+        self.timeout_s = timeout_s
+        self.stop = stop or NeverStop()
+        self.hello_bytes = hello(endpoint_url)
+        self._sel = selectors.DefaultSelector()
+        self._conns: list[_Conn] = []
+        self._handle = 0
+        # counters
+        self.connects = 0
+        self.connected = 0
+        self.refused_connects = 0
+        self.acknowledged = 0
+        self.channels = 0
+        self.sessions_sent = 0
+        self.sessions_answered = 0
+        self.sessions_created = 0
+        self.activated = 0
+        self.closed_sessions = 0
+        self.rejected = 0
+        self.errors = 0
+        self.disconnects = 0
+        self.statuses: dict[int, int] = {}
+        self.error_kinds: dict[str, int] = {}
+
+    @property
+    def target(self) -> str:
+        """``host:port``."""
+        return f"{self.host}:{self.port}"
+
+    def sample_request(self) -> bytes:
+        """The characteristic message of this flood (for the evidence)."""
+        if self.mode == "hello":
+            return self.hello_bytes
+        if self.mode == "channel":
+            return open_secure_channel_none(1, 1)
+        return secure_message(b"MSG", 1, 1, 2, 2, service=create_session_service(
+            1, self.endpoint_url, "harness load"))
+
+    # -- bookkeeping --------------------------------------------------------------------
+    def _status(self, code: int) -> None:
+        self.statuses[code] = self.statuses.get(code, 0) + 1
+
+    def _error(self, kind: str) -> None:
+        self.errors += 1
+        self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
+
+    def _drop(self, conn: _Conn) -> None:
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._sel.unregister(conn.sock)
+        with contextlib.suppress(OSError):
+            conn.sock.close()
+        if conn in self._conns:
+            self._conns.remove(conn)
+
+    def close(self) -> None:
+        """Close every connection (no goodbye) and the selector."""
+        for conn in list(self._conns):
+            self._drop(conn)
+        self._sel.close()
+
+    def __enter__(self) -> UaTcpFlood:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sending ------------------------------------------------------------------------
+    def _send(self, conn: _Conn, data: bytes) -> bool:
+        conn.out += data
+        return self._flush(conn)
+
+    def _flush(self, conn: _Conn) -> bool:
+        if conn.out:
+            try:
+                n = conn.sock.send(conn.out)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                return False
+            del conn.out[:n]
+        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.modify(conn.sock, want, conn)
+        return True
+
+    def _next_ids(self, conn: _Conn) -> tuple[int, int]:
+        conn.sequence += 1
+        conn.request_id += 1
+        return conn.sequence, conn.request_id
+
+    def _next_handle(self) -> int:
+        self._handle = (self._handle + 1) & 0xFFFFFFFF
+        return self._handle
+
+    def _service(self, conn: _Conn, service: bytes) -> bool:
+        seq, rid = self._next_ids(conn)
+        return self._send(conn, secure_message(b"MSG", conn.channel_id, conn.token_id, seq, rid,
+                                               service=service))
+
+    def _goodbye(self, conn: _Conn) -> None:
+        """CloseSecureChannel (when a channel is open) and close the socket."""
+        if conn.state in (_READY, _CREATE, _ACTIVATE, _CLOSE) or (
+                conn.state == _OPEN and conn.channel_id):
+            seq, rid = self._next_ids(conn)
+            with contextlib.suppress(OSError):
+                conn.sock.send(close_secure_channel(conn.channel_id, conn.token_id, seq, rid))
+        self._drop(conn)
+
+    # -- opening ------------------------------------------------------------------------
+    def _open_one(self, now: float) -> None:
+        self.guard.check_destination(self.host, self.port)
+        sock = socket.socket(self.family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        self.connects += 1
+        code = sock.connect_ex((self.address, self.port))
+        if code not in (0, errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
+            sock.close()
+            if code == errno.ECONNREFUSED:
+                self.refused_connects += 1
+                self.rejected += 1
+            else:
+                self._error(errno.errorcode.get(code, str(code)))
+            return
+        conn = _Conn(sock, now, last_progress=now)
+        self._conns.append(conn)
+        self._sel.register(sock, selectors.EVENT_WRITE, conn)
+
+    def _connected(self, conn: _Conn) -> bool:
+        code = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            if code == errno.ECONNREFUSED:
+                self.refused_connects += 1
+                self.rejected += 1
+            else:
+                self._error(errno.errorcode.get(code, str(code)))
+            self._drop(conn)
+            return False
+        self.connected += 1
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.state = _HELLO
+        if not self._send(conn, self.hello_bytes):
+            self.disconnects += 1
+            self._drop(conn)
+            return False
+        return True
+
+    # -- answers ------------------------------------------------------------------------
+    def _on_chunk(self, conn: _Conn, chunk: Chunk) -> bool:
+        """Advance one connection on one chunk; False when it is finished (dropped)."""
+        if chunk.mtype == b"ERR":
+            code, _reason = parse_error(chunk)
+            self._status(code)
+            self.rejected += 1
+            if conn.state in (_CREATE, _ACTIVATE):
+                self.sessions_answered += conn.state == _CREATE
+            self._drop(conn)
+            return False
+        if conn.state == _HELLO:
+            parse_acknowledge(chunk)
+            self.acknowledged += 1
+            if self.mode == "hello":
+                self._drop(conn)
+                return False
+            seq, rid = self._next_ids(conn)
+            conn.state = _OPEN
+            return self._send(conn, open_secure_channel_none(seq, rid, self._next_handle()))
+        if chunk.ctype == b"A":
+            self._error("aborted message")
+            self._drop(conn)
+            return False
+        head = conn.partial or parse_response(chunk)
+        if chunk.ctype == b"C":
+            conn.partial = head
+            return True
+        conn.partial = None
+        if conn.state == _OPEN:
+            if head.type_id != OPEN_SECURE_CHANNEL_RESPONSE or head.status >= 0x80000000:
+                self._status(head.status)
+                self.rejected += 1
+                self._drop(conn)
+                return False
+            conn.channel_id, conn.token_id = head.channel_id, head.token_id
+            self.channels += 1
+            if self.mode == "channel":
+                self._goodbye(conn)
+                return False
+            conn.state = _READY
+            return True
+        if conn.state == _CREATE:
+            self.sessions_answered += 1
+            conn.sessions += 1
+            if head.status >= 0x80000000 or head.type_id != CREATE_SESSION_RESPONSE:
+                self._status(head.status)
+                self.rejected += 1
+                return self._after_session(conn)
+            self.sessions_created += 1
+            conn.auth_token = head.auth_token or _NULL_NODE
+            conn.state = _ACTIVATE
+            return self._service(conn, activate_session_service(
+                self._next_handle(), conn.auth_token, self.anonymous_policy_id))
+        if conn.state == _ACTIVATE:
+            if head.status >= 0x80000000 or head.type_id != ACTIVATE_SESSION_RESPONSE:
+                self._status(head.status)
+            else:
+                self.activated += 1
+            conn.state = _CLOSE
+            return self._service(conn, close_session_service(self._next_handle(),
+                                                             conn.auth_token))
+        if conn.state == _CLOSE:
+            if head.status < 0x80000000 and head.type_id == CLOSE_SESSION_RESPONSE:
+                self.closed_sessions += 1
+            else:
+                self._status(head.status)
+            conn.auth_token = _NULL_NODE
+            return self._after_session(conn)
+        self._error(f"unexpected {chunk.mtype.decode()}")
+        self._drop(conn)
+        return False
+
+    def _after_session(self, conn: _Conn) -> bool:
+        if conn.sessions >= self.sessions_per_channel:
+            self._goodbye(conn)
+            return False
+        conn.state = _READY
+        return True
+
+    def _receive(self, conn: _Conn) -> None:
+        """Read and process what arrived."""
+        try:
+            data = conn.sock.recv(RECEIVE_BUFFER_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.disconnects += 1
+            self._drop(conn)
+            return
+        if not data:
+            self.disconnects += 1
+            self._drop(conn)
+            return
+        conn.buf += data
+        if len(conn.buf) > MAX_MESSAGE_SIZE:
+            self._error("too much data")
+            self._drop(conn)
+            return
+        try:
+            for chunk in split_chunks(conn.buf):
+                conn.last_progress = time.monotonic()
+                if not self._on_chunk(conn, chunk):
+                    break
+        except FrameError as exc:
+            self._error(f"malformed: {str(exc)[:40]}")
+            self._drop(conn)
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self, duration_s: float, *, max_cycles: int | None = None,
+            kind: str = "opcua_flood") -> LoadResult:
+        """Flood for ``duration_s``; a cycle is a connection (``hello``/``channel``) or a
+        CreateSession (``session``), at most ``max_cycles`` of them."""
+        start = time.monotonic()
+        deadline = start + duration_s
+        main_rate = (self.session_pacer.rate if self.session_pacer is not None
+                     else self.conn_pacer.rate)
+        result = LoadResult(kind, self.target, main_rate, started=start)
+        series = Series(start)
+        limit = max_cycles if max_cycles is not None else 1 << 62
+        reason = "duration"
+        sessions = self.mode == "session"
+        while True:
+            now = time.monotonic()
+            if self.stop.is_set():
+                reason = "abort"
+                break
+            if now >= deadline:
+                break
+            cycles = self.sessions_sent if sessions else self.connects
+            done = cycles >= limit
+            if done:  # all started: let them finish (bounded by their timeouts)
+                reason = "count"
+                for conn in [c for c in self._conns if c.state == _READY]:
+                    self._goodbye(conn)
+                if not self._conns:
+                    break
+            sent_now = 0
+            # new sessions on channels that are ready
+            if sessions:
+                assert self.session_pacer is not None
+                for conn in [c for c in self._conns if c.state == _READY]:
+                    if self.sessions_sent >= limit or not self.session_pacer.take(1):
+                        break
+                    conn.state = _CREATE
+                    conn.last_progress = now
+                    self.sessions_sent += 1
+                    sent_now += 1
+                    if not self._service(conn, create_session_service(
+                            self._next_handle(), self.endpoint_url, "harness load")):
+                        self.disconnects += 1
+                        self._drop(conn)
+            # new connections while there is room (a session flood opens none while an open
+            # channel waits for its turn: the session rate, not the channels, is the limit)
+            waiting = sessions and any(c.state == _READY for c in self._conns)
+            while len(self._conns) < self.concurrency and not waiting and not done:
+                if not sessions and self.connects >= limit:
+                    break
+                if not self.conn_pacer.take(1):
+                    break
+                self._open_one(now)
+                if not sessions:
+                    sent_now += 1
+            wait = min(0.02, max(0.0, deadline - now))
+            if sent_now:
+                wait = 0.0
+            elif len(self._conns) < self.concurrency and not done:
+                wait = min(wait, self.conn_pacer.wait_s())
+            before = self._answered()
+            self._poll(wait)
+            series.add(now, sent_now, self._answered() - before)
+            self._expire(time.monotonic())
+        result.ended = time.monotonic()
+        if reason != "abort":
+            self._drain(series)
+        self.close()
+        result.stop_reason = reason
+        self._fill(result)
+        result.series = series.rows
+        return result
+
+    def _answered(self) -> int:
+        """Answers so far, as :class:`LoadResult` counts them for this mode."""
+        if self.mode == "session":
+            return self.sessions_answered
+        return self.channels if self.mode == "channel" else self.acknowledged
+
+    def _poll(self, wait: float) -> None:
+        for key, mask in self._sel.select(wait):
+            conn: _Conn = key.data
+            if conn.state == _CONNECTING:
+                if mask & selectors.EVENT_WRITE:
+                    conn.last_progress = time.monotonic()
+                    self._connected(conn)
+                continue
+            if mask & selectors.EVENT_WRITE and conn.out and not self._flush(conn):
+                self.disconnects += 1
+                self._drop(conn)
+                continue
+            if mask & selectors.EVENT_READ:
+                self._receive(conn)
+
+    def _expire(self, now: float) -> None:
+        for conn in list(self._conns):
+            if conn.state != _READY and now - conn.last_progress > self.timeout_s:
+                self._error("timeout")
+                self._drop(conn)
+
+    def _drain(self, series: Series) -> None:
+        """Let the cycles under way finish (at most :data:`DRAIN_S`), then close."""
+        end = time.monotonic() + DRAIN_S
+        for conn in [c for c in self._conns if c.state == _READY]:
+            self._goodbye(conn)
+        while self._conns and not self.stop.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            before = self._answered()
+            self._poll(min(left, 0.02))
+            series.add(time.monotonic(), 0, self._answered() - before)
+            for conn in [c for c in self._conns if c.state == _READY]:
+                self._goodbye(conn)
+        for conn in list(self._conns):
+            if conn.state != _CONNECTING:
+                self._error("unfinished at the end")
+            self._goodbye(conn)
+
+    def _fill(self, result: LoadResult) -> None:
+        if self.mode == "session":
+            result.sent = self.sessions_sent
+            result.answered = self.sessions_answered
+        else:
+            result.sent = self.connects
+            result.answered = self._answered()
+        result.rejected = self.rejected
+        result.errors = self.errors
+        result.disconnects = self.disconnects
+        details: dict[str, Any] = {
+            "mode": self.mode,
+            "concurrency": self.concurrency,
+            "connection_rate_cap": self.conn_pacer.rate,
+            "connections": self.connects,
+            "connected": self.connected,
+            "refused_connects": self.refused_connects,
+            "acknowledged": self.acknowledged,
+            "channels_opened": self.channels,
+        }
+        if self.mode == "session":
+            details.update({
+                "sessions_per_channel": self.sessions_per_channel,
+                "sessions_created": self.sessions_created,
+                "sessions_activated": self.activated,
+                "sessions_closed": self.closed_sessions,
+            })
+        if self.statuses:
+            details["statuses"] = {status_text(k): v for k, v in sorted(self.statuses.items())}
+        if self.error_kinds:
+            details["error_kinds"] = dict(self.error_kinds)
+        result.details.update(details)
+
+
+def channel_flood(host: str, port: int, endpoint_url: str, *, guard: Guard, rate: float,
+                  duration_s: float, concurrency: int = 4, open_channel: bool = True,
+                  timeout_s: float = 3.0, max_connections: int | None = None,
+                  stop: Stoppable | None = None, kind: str = "opcua_channel_flood",
+                  ) -> LoadResult:
+    """Open (and close) at most ``rate`` SecurityPolicy None secure channels per second.
+
+    ``sent`` counts TCP connects, ``answered`` channels opened (Acknowledges with
+    ``open_channel=False``), ``rejected`` refused connects and refusals (Error messages, Bad
+    statuses: by name in ``details["statuses"]``), ``errors`` timeouts and malformed answers.
+    """
+    mode = "channel" if open_channel else "hello"
+    with UaTcpFlood(host, port, endpoint_url, guard=guard, mode=mode, concurrency=concurrency,
+                    connection_rate=rate, timeout_s=timeout_s, stop=stop) as flood:
+        return flood.run(duration_s, max_cycles=max_connections, kind=kind)
+
+
+def session_flood(host: str, port: int, endpoint_url: str, *, guard: Guard, rate: float,
+                  duration_s: float, connection_rate: float, concurrency: int = 4,
+                  sessions_per_channel: int = 1, anonymous_policy_id: str = "anonymous",
+                  timeout_s: float = 3.0, max_sessions: int | None = None,
+                  stop: Stoppable | None = None, kind: str = "opcua_session_flood",
+                  ) -> LoadResult:
+    """Send at most ``rate`` CreateSession requests per second over None channels (opened at
+    most ``connection_rate`` per second, ``sessions_per_channel`` sessions each); a created
+    session is activated with an anonymous token and closed.
+
+    ``sent`` counts CreateSession requests, ``answered`` their answers (sessions or faults),
+    ``rejected`` refusals (by status name in ``details["statuses"]``).
+    """
+    with UaTcpFlood(host, port, endpoint_url, guard=guard, mode="session",
+                    concurrency=concurrency, connection_rate=connection_rate,
+                    session_rate=rate, sessions_per_channel=sessions_per_channel,
+                    anonymous_policy_id=anonymous_policy_id, timeout_s=timeout_s,
+                    stop=stop) as flood:
+        return flood.run(duration_s, max_cycles=max_sessions, kind=kind)
+
+
+# --------------------------------------------------------------------------- read flood
+def read_flood(session: UaSession, node: str, *, rate: float, duration_s: float,
+               in_flight: int = 16, timeout_s: float = 3.0, max_requests: int | None = None,
+               stop: Stoppable | None = None, kind: str = "opcua_read_flood") -> LoadResult:
+    """Read ``node`` at most ``rate`` times per second on ``session``, at most ``in_flight``
+    requests outstanding (asyncua's client encodes and secures them).
+
+    ``answered`` counts Good values, ``rejected`` Bad answers (a ServiceFault or a Bad value
+    status), ``errors`` timeouts; a connection lost ends the flood (``stop_reason`` ``error``).
+    """
+    if not 1 <= in_flight <= MAX_IN_FLIGHT:
+        raise ValueError(f"in_flight must be 1..{MAX_IN_FLIGHT}, got {in_flight}")
+    client = session._client  # the asyncua Client of the harness's session
+    loop = session._conn.loop
+    result = LoadResult(kind, session._conn.target.url, rate)
+    result.details.update({"in_flight": in_flight, "node": node})
+    coro = _read_flood(client, node, result, rate=rate, duration_s=duration_s,
+                       in_flight=in_flight, timeout_s=timeout_s,
+                       limit=max_requests if max_requests is not None else 1 << 62,
+                       stop=stop or NeverStop())
+    loop.run(coro, duration_s + DRAIN_S + timeout_s + 5.0, "OPC UA read flood")
+    return result
+
+
+async def _read_flood(client: Any, node: str, result: LoadResult, *, rate: float,
+                      duration_s: float, in_flight: int, timeout_s: float, limit: int,
+                      stop: Stoppable) -> None:
+    import asyncio
+
+    from asyncua import ua
+    from asyncua.ua.attribute_ids import AttributeIds
+    from asyncua.ua.uaerrors import UaStatusCodeError
+
+    item = ua.ReadValueId()
+    item.NodeId = ua.NodeId.from_string(node)
+    item.AttributeId = AttributeIds.Value
+    params = ua.ReadParameters()
+    params.NodesToRead = [item]
+    uaclient = client.uaclient
+    pacer = Pacer(rate)
+    pending: set[asyncio.Future[Any]] = set()
+    statuses: dict[int, int] = {}
+    counts = {"answered": 0, "rejected": 0, "errors": 0, "lost": 0}
+    start = time.monotonic()
+    result.started = start
+    series = Series(start)
+    deadline = start + duration_s
+    reason = "duration"
+
+    def done(task: asyncio.Future[Any]) -> None:
+        pending.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            values = task.result()
+            status = int(values[0].StatusCode.value) if values and values[0].StatusCode else 0
+            if status & 0x80000000:
+                counts["rejected"] += 1
+                statuses[status] = statuses.get(status, 0) + 1
+            else:
+                counts["answered"] += 1
+                series.add(time.monotonic(), 0, 1)
+        elif isinstance(exc, UaStatusCodeError):
+            counts["rejected"] += 1
+            statuses[exc.code] = statuses.get(exc.code, 0) + 1
+        elif isinstance(exc, TimeoutError | asyncio.TimeoutError):
+            counts["errors"] += 1
+        else:
+            counts["errors"] += 1
+            counts["lost"] += 1
+
+    sent = 0
+    while True:
+        now = time.monotonic()
+        if stop.is_set():
+            reason = "abort"
+            break
+        if now >= deadline:
+            break
+        if sent >= limit:
+            reason = "count"
+            break
+        if counts["lost"]:
+            reason = "error"
+            break
+        n = pacer.take(min(in_flight - len(pending), limit - sent))
+        for _ in range(n):
+            task: asyncio.Future[Any] = asyncio.ensure_future(
+                asyncio.wait_for(uaclient.read(params), timeout_s))
+            pending.add(task)
+            task.add_done_callback(done)
+        if n:
+            sent += n
+            series.add(now, n, 0)
+            await asyncio.sleep(0)
+            continue
+        if len(pending) >= in_flight:
+            await asyncio.wait(set(pending), timeout=min(0.02, deadline - now),
+                               return_when=asyncio.FIRST_COMPLETED)
+        else:
+            await asyncio.sleep(min(pacer.wait_s(), 0.02, max(0.0, deadline - now)))
+    result.ended = time.monotonic()
+    if pending and reason != "abort":
+        await asyncio.wait(set(pending), timeout=DRAIN_S)
+    leftover = list(pending)
+    for task in leftover:
+        task.cancel()
+    if leftover:
+        await asyncio.wait(leftover, timeout=1.0)
+        counts["errors"] += len(leftover)
+    result.sent = sent
+    result.answered = counts["answered"]
+    result.rejected = counts["rejected"]
+    result.errors = counts["errors"]
+    result.disconnects = 1 if counts["lost"] else 0
+    result.stop_reason = reason
+    result.series = series.rows
+    if statuses:
+        result.details["statuses"] = {status_text(k): v for k, v in sorted(statuses.items())}
+
+
+# --------------------------------------------------------------------------- heartbeat
+@dataclass
+class Progress:
+    """Whether a node's value kept changing around one load."""
+
+    #: The monitor probe judged.
+    probe: str
+    #: True when the value changed in the baseline often enough to count as a heartbeat;
+    #: otherwise nothing else here is judged.
+    live: bool
+    #: Value changes seen in the baseline window.
+    baseline_changes: int = 0
+    #: Longest time the value stood still during the load (ms).
+    longest_stall_ms: float = 0.0
+    #: Seconds from the end of the load until the value advanced steadily again (None: never).
+    recovery_s: float | None = None
+    #: The stall bound (ms).
+    bound_ms: float = 0.0
+    #: One line per bound broken.
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Nothing broken (a node that is not a heartbeat is not judged)."""
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready, for an evidence note."""
+        return {
+            "probe": self.probe, "live": self.live, "baseline_changes": self.baseline_changes,
+            "longest_stall_ms": round(self.longest_stall_ms, 1),
+            "recovery_s": None if self.recovery_s is None else round(self.recovery_s, 3),
+            "bound_ms": self.bound_ms, "problems": self.problems,
+        }
+
+
+#: Seconds of samples before a load that decide whether the node is a heartbeat.
+BASELINE_WINDOW_S = 2.0
+#: Value changes the baseline needs for the node to count as a heartbeat.
+BASELINE_CHANGES = 2
+#: Samples in a row, all fresh, that count as "advancing steadily again".
+STEADY_SAMPLES = 10
+
+
+def _stalls(samples: Sequence[Sample]) -> list[tuple[float, float]]:
+    """(time, ms since the value last changed) per sample that read a value; the first
+    value seen counts as a change."""
+    out: list[tuple[float, float]] = []
+    last_value: object = None
+    last_change: float | None = None
+    for s in samples:
+        if s.value is None:
+            if last_change is not None:
+                out.append((s.t, (s.t - last_change) * 1000.0))
+            continue
+        if last_change is None or s.value != last_value:
+            last_value = s.value
+            last_change = s.t
+        out.append((s.t, (s.t - last_change) * 1000.0))
+    return out
+
+
+def _baseline(mine: Sequence[Sample], stalls: Sequence[tuple[float, float]], before: float,
+              bound_ms: float) -> tuple[int, bool]:
+    """(value changes, heartbeat or not) in the :data:`BASELINE_WINDOW_S` before ``before``."""
+    base = [s for s in mine if before - BASELINE_WINDOW_S <= s.t < before and s.value is not None]
+    changes = sum(1 for a, b in itertools.pairwise(base) if a.value != b.value)
+    base_stall = max((ms for t, ms in stalls if before - BASELINE_WINDOW_S <= t < before),
+                     default=0.0)
+    return changes, changes >= BASELINE_CHANGES and base_stall <= bound_ms
+
+
+def advancing(samples: Sequence[Sample], probe: str, *, at: float, bound_ms: float) -> bool:
+    """True when ``probe``'s value counts as a heartbeat just before ``at`` (the baseline
+    rule of :func:`heartbeat_progress`)."""
+    mine = sorted((s for s in samples if s.probe == probe), key=lambda s: s.t)
+    return _baseline(mine, _stalls(mine), at, bound_ms)[1]
+
+
+def heartbeat_progress(samples: Sequence[Sample], probe: str, *, load_start: float,
+                       load_end: float, bound_ms: float, recovery_wait_s: float) -> Progress:
+    """Judge the value the ``probe`` read around the load ``[load_start, load_end]``.
+
+    The node counts as a heartbeat when its value changed at least :data:`BASELINE_CHANGES`
+    times in the :data:`BASELINE_WINDOW_S` before the load and never stood still longer than
+    ``bound_ms`` there. Then it must not stand still longer than ``bound_ms`` during the load,
+    and must be advancing again (:data:`STEADY_SAMPLES` fresh samples in a row, to the last
+    one) within ``recovery_wait_s`` after it.
+    """
+    mine = sorted((s for s in samples if s.probe == probe), key=lambda s: s.t)
+    progress = Progress(probe, False, bound_ms=bound_ms)
+    stalls = _stalls(mine)
+    progress.baseline_changes, progress.live = _baseline(mine, stalls, load_start, bound_ms)
+    if not progress.live:
+        return progress
+    during = [ms for t, ms in stalls if load_start <= t <= load_end]
+    progress.longest_stall_ms = max(during, default=0.0)
+    if progress.longest_stall_ms > bound_ms:
+        progress.problems.append(
+            f"{probe}: the value stood still for {progress.longest_stall_ms:.0f} ms during the "
+            f"load (bound {bound_ms:g} ms): the device answered reads but its heartbeat stopped")
+    after = [(t, ms) for t, ms in stalls if t >= load_end]
+    tail = 0
+    for _t, ms in reversed(after):
+        if ms > bound_ms:
+            break
+        tail += 1
+    if tail >= STEADY_SAMPLES:
+        if tail == len(after):
+            progress.recovery_s = 0.0
+        else:
+            progress.recovery_s = max(0.0, after[len(after) - tail][0] - load_end)
+    if progress.recovery_s is None:
+        progress.problems.append(
+            f"{probe}: the value was not advancing steadily within {recovery_wait_s:g} s after "
+            "the load")
+    elif progress.recovery_s > recovery_wait_s:
+        progress.problems.append(
+            f"{probe}: the value advanced steadily again only {progress.recovery_s:.2f} s after "
+            f"the load (allowed {recovery_wait_s:g} s)")
+    return progress
+
+
+class HeartbeatWatch:
+    """A thread that stops a load when the probe's value stands still too long.
+
+    It polls ``samples`` (the monitor's samples) every ``period_s`` and sets itself (it is a
+    :class:`~harness.load.Stoppable`) once the value of a node that was advancing has not
+    changed for ``abort_ms``: the monitor's own abort sees latency and failures, not a stale
+    value. Use as a context manager around the load; combine with the monitor's flag through
+    :class:`AnyStop`.
+
+    :param samples: returns every sample so far (called on the watch's thread only while the
+        watch runs).
+    :param probe: the monitor probe to watch.
+    :param abort_ms: the stall that stops the load.
+    """
+
+    def __init__(self, samples: Callable[[], Sequence[Sample]], probe: str, abort_ms: float,
+                 period_s: float = 0.05) -> None:
+        self._samples = samples
+        self.probe = probe
+        self.abort_ms = abort_ms
+        self.period_s = period_s
+        self._set = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.reason: str | None = None
+
+    def is_set(self) -> bool:
+        """True once the heartbeat stood still longer than ``abort_ms``."""
+        return self._set.is_set()
+
+    def _run(self) -> None:
+        armed = False
+        while not self._stop.wait(self.period_s):
+            mine = [s for s in self._samples() if s.probe == self.probe]
+            stalls = _stalls(mine[-max(1, int(10 * self.abort_ms / 1000.0 / 0.02)):])
+            if not stalls:
+                continue
+            _t, ms = stalls[-1]
+            if ms < self.abort_ms / 4:
+                armed = True  # advancing: from now on a stall is the device's
+            if armed and ms >= self.abort_ms:
+                self.reason = (f"{self.probe}: value unchanged for {ms:.0f} ms (abort threshold "
+                               f"{self.abort_ms:g} ms)")
+                self._set.set()
+                return
+
+    def __enter__(self) -> HeartbeatWatch:
+        self._thread = threading.Thread(target=self._run, name="heartbeat-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+
+
+class AnyStop:
+    """Set when any of its stop signals is set."""
+
+    def __init__(self, *signals: Stoppable) -> None:
+        self.signals = signals
+
+    def is_set(self) -> bool:
+        """True once any signal is set."""
+        return any(s.is_set() for s in self.signals)
+
