@@ -467,7 +467,8 @@ def generated_profile(
     if "opcua" in eps:
         ns = eps["opcua"].get("namespace_index", 2)
         essential.append(
-            {"kind": "opcua_read", "node": f"ns={ns};s=PLC.Heartbeat", "max_latency_ms": 500}
+            {"kind": "opcua_read", "node": f"ns={ns};s=PLC.Heartbeat", "max_latency_ms": 500,
+             "max_stall_ms": 500}
         )
     pol = lab.policy
     return {

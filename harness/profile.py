@@ -406,6 +406,9 @@ class TcpProbe(Strict):
     host: Host
     port: Port
     max_latency_ms: int = Field(default=200, gt=0)
+    #: For a node that counts (a heartbeat): longest time its value may stand still. A device
+    #: whose scan has stopped may still answer reads at once, with a stale value.
+    max_stall_ms: int | None = Field(default=None, gt=0)
 
     @field_validator("host")
     @classmethod

@@ -17,9 +17,10 @@ Probes (one thread each, polled at ``rate_hz``, default 50 Hz):
 - ``ssh_banner``: a TCP connect and the server's ``SSH-`` identification line, both within
   ``max_latency_ms`` (the daemon, not only the kernel, must answer);
 - ``opcua_read``: a Read of the node on a secure session (asyncua, the profile's client
-  certificate and an account, read-only preferred) within ``max_latency_ms``. Without a client
-  certificate in the profile it falls back to a TCP connect to the endpoint (said in the config's
-  ``note`` and so in the evidence).
+  certificate and an account, read-only preferred) within ``max_latency_ms``; with
+  ``max_stall_ms``, the value must also keep changing (a heartbeat node), as for Modbus.
+  Without a client certificate in the profile it falls back to a TCP connect to the endpoint
+  (said in the config's ``note`` and so in the evidence).
 
 Every poll gives one sample ``{"t", "probe", "ok", "latency_ms", "value", "stall_ms", "error"}``
 (``t``: the system-wide monotonic clock, comparable with the parent's). A sample is *ok* when the
@@ -214,6 +215,7 @@ class MonitorConfig:
                             ua.host,
                             ua.port,
                             max_latency_ms=ef.max_latency_ms,
+                            max_stall_ms=ef.max_stall_ms,
                             opcua=opcua,
                         )
                     )
@@ -539,6 +541,9 @@ class OpcUaReadProbe(Probe):
         self._client: Any = None
         self._node: Any = None
         self._session_timeout_s = max(self.connect_timeout_s, 2.0)
+        #: The last value read and when it last changed (for ``max_stall_ms``).
+        self._last_value: int | float | str | None = None
+        self._last_change = 0.0
 
     def _password(self) -> str:
         from harness.profile import SecretRef
@@ -597,11 +602,18 @@ class OpcUaReadProbe(Probe):
                 f"read: {_describe(exc)}",
             )
         latency = (time.monotonic() - t0) * 1000.0
-        ok = latency <= self.spec.max_latency_ms
         shown = value if isinstance(value, int | float | str) else str(value)[:40]
-        return Sample(
-            t0, self.spec.name, ok, latency, shown, None, "" if ok else f"slow: {latency:.0f} ms"
-        )
+        stall = None
+        if self.spec.max_stall_ms is not None:  # a heartbeat node: it must keep changing
+            if self._last_value is None or shown != self._last_value:
+                self._last_value, self._last_change = shown, t0
+            stall = (t0 - self._last_change) * 1000.0
+        error = ""
+        if stall is not None and stall > (self.spec.max_stall_ms or 0):
+            error = f"stalled {stall:.0f} ms"
+        elif latency > self.spec.max_latency_ms:
+            error = f"slow: {latency:.0f} ms"
+        return Sample(t0, self.spec.name, not error, latency, shown, stall, error)
 
     def close(self) -> None:
         """Close the session (best effort, bounded)."""

@@ -327,3 +327,28 @@ def test_ssh_banner_comes_from_the_profile_ssh_interface(tmp_path: Path) -> None
         load_profile(bad)
     assert err.value.problems == [
         f"{bad}:4: essential_functions.0: ssh_banner needs interfaces.ssh"]
+
+
+# --------------------------------------------------------------------------- opcua_read stall
+@pytest.mark.parametrize("node, stalls", [("PLC.Heartbeat", False), ("PLC.Setpoint", True)])
+def test_opcua_read_with_max_stall_fails_a_value_that_stands_still(
+        lab: Callable[..., Any], write_profile: Callable[..., Path],
+        run_monitor: Callable[..., MonitorProcess], node: str, stalls: bool) -> None:
+    """A node that answers at once but never changes is stalled, not healthy."""
+    from harness.profile import load_profile
+
+    running = lab(["opcua"])
+    data = running.profile()
+    (ef,) = data["essential_functions"]
+    assert ef["kind"] == "opcua_read" and ef["max_stall_ms"] == 500  # what the lab declares
+    ef.update({"node": ef["node"].replace("PLC.Heartbeat", node), "max_stall_ms": 300})
+    config = MonitorConfig.from_profile(load_profile(write_profile(data)))
+    mon = run_monitor(config)
+    _wait_for(lambda: sum(s.ok or s.stall_ms is not None for s in mon.poll()) >= 40, 30)
+    read = [s for s in mon.poll() if s.stall_ms is not None]
+    assert read, [s.error for s in mon.poll()]
+    if stalls:
+        assert any(s.error.startswith("stalled") and s.stall_ms > 300 for s in read)
+        assert not read[-1].ok
+    else:
+        assert all(s.ok and s.stall_ms <= 300 for s in read[-20:]), [s.error for s in read]

@@ -80,8 +80,10 @@ def test_floods_fail_on_a_fragile_device(lab: Callable[..., Any],
         assert "stood still" in reason
     rows = _monitor_rows(run, got["test_opcua_read_flood"])
     during = [r for r in rows if r["phase"] == "load:opcua_read_flood"]
-    assert during and all(r["ok"] == "1" for r in during)  # reads answered in time...
-    assert len({r["value"] for r in during}) < len(during) / 4  # ...with a stalled value
+    # reads are answered in time, with a value that stands still: the monitor says stalled
+    assert during and any(r["error"].startswith("stalled") for r in during), during[-3:]
+    assert all(r["error"] == "" or r["error"].startswith("stalled") for r in during)
+    assert len({r["value"] for r in during}) < len(during) / 4
 
 
 def test_an_unreachable_endpoint_is_an_error(lab: Callable[..., Any],
