@@ -13,6 +13,14 @@ ready line, and writes into the state folder:
 A simulator that does not come up, or a taken port, is a :class:`~harness.errors.LabError` and
 nothing is left running. :func:`lab_down` stops only the pids its own state file names, and only
 if they still look like our simulators.
+
+Network: by default (``network: {kind: loopback}``) the simulators serve on a fresh loopback
+address. With ``network: {kind: netns}`` (root only) the lab gets a network namespace and a
+veth pair of its own (:mod:`harness.netns`, addresses from 198.18.0.0/15): every simulator runs
+inside the namespace (``ip netns exec``) on the device-side address, the generated profile
+targets that address and declares the harness-side veth as ``interfaces.ethernet`` (the only
+interface layer-2 checks may send on), and :func:`lab_down` removes the namespace and the
+pair after the simulators stopped. The state file records the link under ``network``.
 """
 
 from __future__ import annotations
@@ -29,12 +37,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from harness.errors import LabError
+
+if TYPE_CHECKING:
+    from harness.netns import NetnsLink
 
 #: Seconds a simulator may take to print its ready line.
 READY_TIMEOUT_S = 20.0
@@ -62,6 +80,16 @@ SimulatorName = Literal[
 SIMULATORS: tuple[SimulatorName, ...] = tuple(n for n in get_args(SimulatorName) if n != "hostile")
 
 
+class LabNetwork(BaseModel):
+    """Where the lab's simulators live on the network."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: ``loopback``: a loopback address of this machine; ``netns``: a network namespace behind
+    #: a veth pair (root only; see :mod:`harness.netns`).
+    kind: Literal["loopback", "netns"] = "loopback"
+
+
 class LabDefinition(BaseModel):
     """A lab: which simulators, in which posture, with which weaknesses."""
 
@@ -82,6 +110,15 @@ class LabDefinition(BaseModel):
     #: Loopback address the simulators bind. ``auto`` picks a fresh one in 127.0.0.0/8 per lab,
     #: so a port scan of the lab device sees only that lab (not every local service).
     host: str = "auto"
+    #: The lab's network (default: loopback).
+    network: LabNetwork = Field(default_factory=LabNetwork)
+
+    @model_validator(mode="after")
+    def _netns_host(self) -> LabDefinition:
+        if self.network.kind == "netns" and self.host != "auto":
+            raise ValueError("a netns lab takes its address from its namespace: host must be "
+                             f"auto, got {self.host}")
+        return self
 
     @field_validator("host")
     @classmethod
@@ -205,7 +242,7 @@ def _stop_pids(pids: list[int], timeout_s: float = 5.0) -> None:
 
 
 #: Weaknesses a simulator can only model with raw sockets (root or CAP_NET_RAW).
-ROOT_ONLY_WEAKNESSES = frozenset({"net.fragile_stack"})
+ROOT_ONLY_WEAKNESSES = frozenset({"net.fragile_stack", "net.fragile_l2"})
 
 
 def _weaknesses_for(lab: LabDefinition, known: list[str]) -> list[str]:
@@ -273,15 +310,25 @@ def lab_up(lab: LabDefinition, state_dir: Path) -> dict[str, Any]:
     root = str(_simulators_root().parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
-    host = _pick_loopback() if lab.host == "auto" else lab.host
     procs: dict[str, subprocess.Popen[bytes]] = {}
     t0 = time.monotonic()
+    link: NetnsLink | None = None
+    prefix: list[str] = []
     try:
+        if lab.network.kind == "netns":
+            from harness import netns
+
+            link = netns.create()
+            host = link.device_address
+            prefix = link.exec_prefix()
+        else:
+            host = _pick_loopback() if lab.host == "auto" else lab.host
         for name in lab.simulators:
             weak = _weaknesses_for(lab, manifest.get(name, []))
             sim_state = state_dir / "sims" / name
             sim_state.mkdir(parents=True, exist_ok=True)
             cmd = [
+                *prefix,
                 sys.executable,
                 "-m",
                 f"simulators.{name}",
@@ -316,12 +363,18 @@ def lab_up(lab: LabDefinition, state_dir: Path) -> dict[str, Any]:
         ready = _wait_ready(procs, state_dir)
     except BaseException:
         _stop_pids([p.pid for p in procs.values()])
+        if link is not None:
+            from harness import netns
+
+            netns.teardown(link)
         shutil.rmtree(state_dir, ignore_errors=True)
         raise
     state = {
         "lab": lab.model_dump(),
         "state_dir": str(state_dir),
         "host": host,
+        "network": {"kind": "netns", **link.to_json()} if link is not None
+        else {"kind": "loopback"},
         "started_s": round(time.monotonic() - t0, 3),
         "started_at": time.time(),
         "simulators": {name: {"pid": procs[name].pid, **ready[name]} for name in procs},
@@ -379,6 +432,7 @@ def generated_profile(
     from harness import __version__
 
     sims = state["simulators"]
+    netns_lab = state.get("network", {}).get("kind") == "netns"
     # Endpoints are matched by their key, whichever simulator reported them (a hostile device
     # may serve several protocols from one process).
     eps: dict[str, dict[str, Any]] = {}
@@ -433,6 +487,10 @@ def generated_profile(
     if "console" in eps:
         ep = eps["console"]
         interfaces["console"] = {"device": ep["path"], "baud": ep.get("baud", 115200)}
+    if netns_lab:
+        # the lab's veth: the harness may send layer-2 frames there and nowhere else
+        net = state["network"]
+        interfaces["ethernet"] = {"ifname": net["host_if"], "device_mac": net["device_mac"]}
     sdir = Path(state["state_dir"]) / "secrets"
     acc_out: dict[str, Any] = {}
     for role, acc in accounts.items():
@@ -504,8 +562,10 @@ def generated_profile(
             "session_limit": pol.session_limit,
             "idle_timeout_s": pol.idle_timeout_s,
             "banner_required": True,
-            "open_ports": sorted(set(open_ports) | set(wildcard_listeners())),
-            "open_udp_ports": wildcard_listeners("udp"),
+            # a netns device shares no listener with this machine
+            "open_ports": sorted(set(open_ports) | (set() if netns_lab
+                                                    else set(wildcard_listeners()))),
+            "open_udp_ports": [] if netns_lab else wildcard_listeners("udp"),
             "modbus_frame_timeout_s": eps.get("modbus", {}).get("frame_timeout_s"),
             "modbus_function_codes": [1, 2, 3, 4, 5, 6, 15, 16, 22, 23],
             "ssh_auth_methods": ["publickey", "password"],
@@ -548,5 +608,10 @@ def lab_down(state_dir: Path) -> list[str]:
         if _is_our_simulator(int(sim["pid"]), sdir)
     ]
     _stop_pids([pid for _, pid in ours])
+    network = state.get("network", {})
+    if network.get("kind") == "netns":
+        from harness import netns
+
+        netns.teardown(netns.NetnsLink.from_json(network))
     shutil.rmtree(sdir, ignore_errors=True)
     return [name for name, _ in ours]

@@ -157,7 +157,9 @@ def pytest_configure(config: pytest.Config) -> None:
     prof = loaded.profile
     allow = bool(config.getoption("--allow-disruptive")) or prof.safety.allow_disruptive
     serial = [i.device for i in (prof.interfaces.modbus_rtu, prof.interfaces.console) if i]
-    guard = Guard(prof.allow_list(), allow_disruptive=allow, serial_devices=serial)
+    ethernet = [prof.interfaces.ethernet.ifname] if prof.interfaces.ethernet else []
+    guard = Guard(prof.allow_list(), allow_disruptive=allow, serial_devices=serial,
+                  interfaces=ethernet)
     out_opt = config.getoption("--harness-out", None)
     out = Path(out_opt).resolve() if out_opt else None
     config.stash[_run_key] = HarnessRun(loaded, load_catalog(), guard, out, allow)

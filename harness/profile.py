@@ -282,6 +282,19 @@ class Console(Strict):
         return _check_serial_device(v)
 
 
+class Ethernet(Strict):
+    """The Ethernet link the harness shares with the device, for layer-2 checks (ARP and
+    broadcast storms). Declare it only for a link that reaches the device under test and
+    nothing else (a bench switch port, or a lab's veth): every frame goes to all its hosts."""
+
+    #: The harness-side interface (on the machine running the harness) the harness may send
+    #: raw frames on; the guard refuses layer-2 sends on any other.
+    ifname: str = Field(pattern=r"^[A-Za-z0-9_.:@-]{1,15}$")
+    #: The device's MAC address on that link, when known (``aa:bb:cc:dd:ee:ff``).
+    device_mac: str | None = Field(default=None,
+                                   pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
 class Interfaces(Strict):
     """The device's interfaces; each is optional."""
 
@@ -291,6 +304,8 @@ class Interfaces(Strict):
     ssh: Ssh | None = None
     modbus_rtu: ModbusRtu | None = None
     console: Console | None = None
+    #: The Ethernet link for layer-2 checks (absent: they are NOT APPLICABLE).
+    ethernet: Ethernet | None = None
 
     def present(self) -> list[str]:
         """Names of the declared interfaces."""
@@ -397,6 +412,9 @@ class OpcUaRead(Strict):
     kind: Literal["opcua_read"]
     node: str
     max_latency_ms: int = Field(default=200, gt=0)
+    #: For a node that counts (a heartbeat): longest time its value may stand still. A device
+    #: whose scan has stopped may still answer reads at once, with a stale value.
+    max_stall_ms: int | None = Field(default=None, gt=0)
 
 
 class TcpProbe(Strict):
@@ -406,9 +424,6 @@ class TcpProbe(Strict):
     host: Host
     port: Port
     max_latency_ms: int = Field(default=200, gt=0)
-    #: For a node that counts (a heartbeat): longest time its value may stand still. A device
-    #: whose scan has stopped may still answer reads at once, with a stale value.
-    max_stall_ms: int | None = Field(default=None, gt=0)
 
     @field_validator("host")
     @classmethod

@@ -57,6 +57,8 @@ class Guard:
     :param targets: IP addresses or CIDR networks the harness may contact.
     :param allow_disruptive: whether disruptive checks may run.
     :param serial_devices: serial device paths/URLs the profile declares.
+    :param interfaces: network interfaces (of this machine) the profile lets the harness send
+        raw layer-2 frames on (``interfaces.ethernet.ifname``).
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class Guard:
         *,
         allow_disruptive: bool = False,
         serial_devices: Iterable[str] = (),
+        interfaces: Iterable[str] = (),
     ) -> None:
         nets: list[_IPNetwork] = []
         for t in targets:
@@ -77,6 +80,7 @@ class Guard:
         self.networks = nets
         self.allow_disruptive = allow_disruptive
         self.serial_devices = frozenset(serial_devices)
+        self.interfaces = frozenset(interfaces)
 
     def describe(self) -> str:
         """The allow-list as text."""
@@ -112,6 +116,28 @@ class Guard:
                 f"safety guard: serial device {device} is not declared in the profile"
             )
         return device
+
+    def check_interface(self, ifname: str) -> str:
+        """Allow raw layer-2 sends only on interfaces the profile declares.
+
+        :raises SafetyViolation: ``ifname`` is not declared.
+        """
+        if ifname not in self.interfaces:
+            declared = ", ".join(sorted(self.interfaces)) or "none"
+            raise SafetyViolation(
+                f"safety guard: refused layer-2 frames on interface {ifname!r}: not declared "
+                f"in the profile (interfaces.ethernet; declared: {declared})"
+            )
+        return ifname
+
+    def with_interfaces(self, interfaces: Iterable[str]) -> Guard:
+        """A guard like this one (same targets, serial devices and disruptive gate) that also
+        allows layer-2 sends on ``interfaces`` (those the profile declares)."""
+        copy = Guard((), allow_disruptive=self.allow_disruptive,
+                     serial_devices=self.serial_devices,
+                     interfaces=self.interfaces | frozenset(interfaces))
+        copy.networks = list(self.networks)
+        return copy
 
     def require_disruptive(self, what: str) -> None:
         """Refuse a disruptive action unless disruptive checks are allowed."""

@@ -26,6 +26,7 @@ PROTOCOL_INTERFACES: dict[str, str | None] = {
     "opcua": "opcua",
     "ssh": "ssh",
     "network": None,  # any declared network target
+    "ethernet": "ethernet",  # a link-layer interface the harness may send frames on
 }
 
 

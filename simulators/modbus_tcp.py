@@ -48,15 +48,17 @@ few of them fill ``connection_limit`` and lock every other client out),
 ``net.extra_open_port`` (a second listener, a "debug service" that sends a banner line and
 closes), ``load.fragile`` (the scan cycle starves past ``fragile_threshold_rps``),
 ``modbus.torn_reads`` (the 32-bit scan clock in HR 5..6 is published a word at a time, so a
-read of both words can be torn: see :mod:`simulators.plc`), ``net.fragile_stack`` (see below).
+read of both words can be torn: see :mod:`simulators.plc`), ``net.fragile_stack`` and
+``net.fragile_l2`` (see below).
 
 ``net.fragile_stack`` models a controller whose IP stack shares the CPU with the scan cycle and
 chokes on abnormal traffic. A SYN flood or a malformed segment never reaches a userspace
 program (the kernel deals with it), so this weakness watches the wire instead: a sniffer thread
 reads the loopback interface (``lo``) through a Linux packet socket (``AF_PACKET``, so root or
-``CAP_NET_RAW``; without it the simulator fails at start with exit 2) and parses the IPv4 and TCP
-headers itself. Only packets to the listener's own address and port count (every TCP fragment
-to that address counts: a later fragment carries no port). The scan cycle stalls for
+``CAP_NET_RAW``; without it the simulator fails at start with exit 2) and parses the IPv4, TCP,
+UDP and ICMP headers itself. Only TCP packets to the listener's own address and port count
+(every TCP fragment to that address counts: a later fragment carries no port), and UDP
+datagrams and ICMP echo requests to its address. The scan cycle stalls for
 ``fragile_recovery_s`` (measured from the last offending packet) on:
 
 - a SYN flood: more than ``fragile_threshold_rps`` SYNs in the last second whose handshake did
@@ -66,11 +68,30 @@ to that address counts: a later fragment carries no port). The scan cycle stalls
   all flags), a LAND packet (source address and port = destination address and port), a bad
   TCP checksum (judged only where the kernel did not leave the checksum to be filled in later,
   as it does for its own loopback traffic), a TCP data offset below 5 or past the segment, a
-  TCP header shorter than 20 bytes, or an IP fragment of TCP.
+  TCP header shorter than 20 bytes, or an IP fragment of TCP;
+- a UDP storm: more than ``fragile_threshold_rps`` UDP datagrams in the last second to the
+  listener's address, whatever their port (first fragments and whole datagrams; later
+  fragments are not counted);
+- an ICMP echo storm: more than ``fragile_threshold_rps`` ICMP echo requests (type 8) in the
+  last second to the listener's address.
 
-Anything else (valid TCP carrying malformed Modbus frames included) leaves the scan cycle
+A wildcard listener (``0.0.0.0``) counts UDP datagrams and echo requests to any address on
+``lo``. Anything else (valid TCP carrying malformed Modbus frames included) leaves the scan cycle
 alone. A starvation is reported on stderr (one line a second at most). Without the weakness
 there is no sniffer at all; ``--posture weak`` switches it on too, so it needs root as well.
+
+``net.fragile_l2`` is the same controller one layer down: its Ethernet driver hands every ARP
+frame and every broadcast frame to the CPU that runs the scan cycle. A second sniffer reads
+the interface that holds the listener's address (``lo`` for a loopback address; a lab's veth
+inside its network namespace: only there do ARP and broadcasts exist) through a packet socket
+(root or ``CAP_NET_RAW``, else exit 2 at start; a wildcard listener has no interface: exit 2)
+and stalls the scan cycle for ``fragile_recovery_s`` on:
+
+- an ARP storm: more than ``fragile_threshold_rps`` ARP frames received in the last second;
+- a broadcast storm: more than ``fragile_threshold_rps`` other frames to the Ethernet broadcast
+  address (ff:ff:ff:ff:ff:ff) in the last second.
+
+Unicast frames and the device's own frames never count.
 """
 
 from __future__ import annotations
@@ -78,6 +99,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import fcntl
 import math
 import socket
 import sys
@@ -106,6 +128,7 @@ WEAKNESSES = (
     "load.fragile",
     "net.fragile_stack",
     "modbus.torn_reads",
+    "net.fragile_l2",
 )
 
 #: Unit id the Modbus/TCP specification reserves for addressing a TCP device directly.
@@ -131,7 +154,7 @@ SNIFF_INTERFACE = "lo"
 SNIFF_BUFFER = 65536
 #: Seconds a blocked read of the sniffer waits before it looks at its stop flag again.
 SNIFF_POLL_S = 0.1
-#: Window (seconds) over which the half-open SYN rate is counted.
+#: Window (seconds) over which the half-open SYN, UDP and ICMP echo rates are counted.
 SYN_WINDOW_S = 1.0
 #: Handshakes remembered at most while their final ACK is awaited (oldest forgotten first).
 MAX_PENDING_HANDSHAKES = 8192
@@ -146,6 +169,9 @@ TCP_ACK = 0x10
 TCP_URG = 0x20
 _XMAS = TCP_FIN | TCP_PSH | TCP_URG
 _IPPROTO_TCP = 6
+_IPPROTO_UDP = 17
+_IPPROTO_ICMP = 1
+_ICMP_ECHO_REQUEST = 8
 
 # Linux packet-socket and classic-BPF values the socket module does not name.
 _SOL_PACKET = 263
@@ -156,6 +182,14 @@ _SO_ATTACH_FILTER = 26
 _AUXDATA = Struct("IIIHHHH")  # struct tpacket_auxdata: tp_status, tp_len, ...
 _BPF_INSN = Struct("HBBI")  # struct sock_filter: code, jt, jf, k
 _SKF_AD_PKTTYPE = 0xFFFFF000 + 4  # SKF_AD_OFF + SKF_AD_PKTTYPE
+
+# -- net.fragile_l2 -------------------------------------------------------------------------
+#: Bytes of each frame the ``net.fragile_l2`` sniffer reads (the Ethernet header is enough).
+L2_SNAPLEN = 64
+_ETH_P_ALL = 0x0003
+_ETH_P_ARP = 0x0806
+_ETH_BROADCAST = b"\xff" * 6
+_SIOCGIFADDR = 0x8915
 
 
 def plc_for(args: common.SimArgs) -> PLC:
@@ -508,7 +542,8 @@ def _invalid_flags(flags: int) -> str | None:
 
 class FragileStack:
     """The ``net.fragile_stack`` model: judges each IPv4 packet seen on the wire and starves the
-    PLC's scan cycle on a SYN flood or an abnormal packet (see the module docstring).
+    PLC's scan cycle on a SYN flood, an abnormal TCP packet, a UDP storm or an ICMP echo storm
+    (see the module docstring).
 
     Used from the sniffer thread only (not thread-safe); :meth:`feed` takes raw bytes, so it
     runs without a socket too.
@@ -516,7 +551,8 @@ class FragileStack:
     :param plc: the PLC whose scan cycle starves.
     :param address: the listener's IPv4 address (4 bytes); None for a wildcard listener.
     :param port: the listener's TCP port.
-    :param threshold_rps: half-open SYNs per second above which the scan cycle starves.
+    :param threshold_rps: half-open SYNs, UDP datagrams or ICMP echo requests per second above
+        which the scan cycle starves.
     :param recovery_s: seconds each starvation lasts after the last offending packet.
     :param clock: the monotonic clock (for tests).
     """
@@ -543,6 +579,10 @@ class FragileStack:
         self._syns: deque[float] = deque()
         #: Arrival times of final handshake ACKs in the last :data:`SYN_WINDOW_S`.
         self._completed: deque[float] = deque()
+        #: Arrival times of UDP datagrams to the address in the last :data:`SYN_WINDOW_S`.
+        self._datagrams: deque[float] = deque()
+        #: Arrival times of ICMP echo requests to the address in the last :data:`SYN_WINDOW_S`.
+        self._echoes: deque[float] = deque()
         #: (source address, source port) of SYNs whose final ACK is awaited -> SYN time.
         self._pending: OrderedDict[tuple[bytes, int], float] = OrderedDict()
         #: Offending packets seen so far (each one starved, or prolonged a starvation).
@@ -566,7 +606,10 @@ class FragileStack:
         :param truncated: the packet was read cut short.
         """
         n = len(packet)
-        if n < 20 or packet[0] >> 4 != 4 or packet[9] != _IPPROTO_TCP:
+        if n < 20 or packet[0] >> 4 != 4:
+            return None
+        proto = packet[9]
+        if proto not in (_IPPROTO_TCP, _IPPROTO_UDP, _IPPROTO_ICMP):
             return None
         ihl = (packet[0] & 0x0F) * 4
         if ihl < 20 or ihl > n:
@@ -575,6 +618,8 @@ class FragileStack:
         if self.address is not None and dst != self.address:
             return None
         src = bytes(packet[12:16])
+        if proto != _IPPROTO_TCP:
+            return self._count_datagram(packet, proto, ihl, src)
         total = (packet[2] << 8) | packet[3]
         # an IP total length of 0 (segmentation offload) or past the capture: judge what is there
         complete = not truncated and ihl <= total <= n
@@ -603,6 +648,32 @@ class FragileStack:
         if checksum_ready and complete and not tcp_checksum_ok(src, dst, segment):
             return self._offence("bad TCP checksum", src, sport)
         return self._count_handshake(src, sport, flags)
+
+    def _count_datagram(
+        self, packet: bytes | memoryview, proto: int, ihl: int, src: bytes
+    ) -> str | None:
+        """Count a UDP datagram or an ICMP echo request (first fragment or whole packet)."""
+        if ((packet[6] << 8) | packet[7]) & 0x1FFF:
+            return None  # a later fragment: its datagram was counted by the first one
+        if proto == _IPPROTO_ICMP:
+            if len(packet) <= ihl or packet[ihl] != _ICMP_ECHO_REQUEST:
+                return None
+            times, what = self._echoes, "ICMP echo requests"
+        else:
+            times, what = self._datagrams, "UDP datagrams"
+        now = self.clock()
+        times.append(now)
+        horizon = now - SYN_WINDOW_S
+        while times and times[0] <= horizon:
+            times.popleft()
+        if len(times) > self.threshold_rps:
+            kind = "ICMP echo storm" if proto == _IPPROTO_ICMP else "UDP storm"
+            return self._offence(
+                f"{kind}: {len(times)} {what} in the last {SYN_WINDOW_S:g} s "
+                f"(threshold {self.threshold_rps:g})",
+                src,
+            )
+        return None
 
     @staticmethod
     def _dport(segment: bytes | memoryview) -> int:
@@ -657,34 +728,54 @@ class FragileStack:
 
 def bpf_program(address: bytes | None, port: int) -> list[tuple[int, int, int, int]]:
     """A classic BPF filter for the sniffer (offsets from the IP header): keep received IPv4 TCP
-    packets to ``address`` (any address if None) and ``port``, and every TCP fragment to
-    ``address`` whose port is unknown. :class:`FragileStack` judges the rest again; the filter
-    only keeps other traffic on ``lo`` out of the interpreter."""
-    accept, drop = -1, -2  # placeholders, resolved below
-    insns: list[tuple[int, int, int, int]] = [
+    packets to ``address`` (any address if None) and ``port``, every TCP fragment to
+    ``address`` whose port is unknown, UDP datagrams to ``address`` (first fragments and whole
+    ones) and ICMP echo requests to ``address``. :class:`FragileStack` judges the rest again;
+    the filter only keeps other traffic on ``lo`` out of the interpreter."""
+    # jump targets are labels (str) resolved below; classic BPF jumps forward only
+    program: list[tuple[int, int | str, int | str, int] | str] = [
         (0x20, 0, 0, _SKF_AD_PKTTYPE),  # ld pkttype
-        (0x15, drop, 0, socket.PACKET_OUTGOING),  # jeq OUTGOING -> drop
+        (0x15, "drop", 0, socket.PACKET_OUTGOING),  # jeq OUTGOING -> drop
     ]
     if address is not None:
-        insns += [
+        program += [
             (0x20, 0, 0, 16),  # ld [16]: destination address
-            (0x15, 0, drop, int.from_bytes(address, "big")),
+            (0x15, 0, "drop", int.from_bytes(address, "big")),
         ]
-    insns += [
+    program += [
         (0x30, 0, 0, 9),  # ldb [9]: protocol
-        (0x15, 0, drop, _IPPROTO_TCP),
+        (0x15, "tcp", 0, _IPPROTO_TCP),
+        (0x15, "udp", 0, _IPPROTO_UDP),
+        (0x15, 0, "drop", _IPPROTO_ICMP),
         (0x28, 0, 0, 6),  # ldh [6]: flags and fragment offset
-        (0x45, accept, 0, 0x1FFF),  # jset offset -> a later fragment: accept
+        (0x45, "drop", 0, 0x1FFF),  # jset offset -> a later ICMP fragment: drop
+        (0xB1, 0, 0, 0),  # ldxb 4*([0]&0xf): IP header length
+        (0x50, 0, 0, 0),  # ldb [x+0]: ICMP type
+        (0x15, "accept", "drop", _ICMP_ECHO_REQUEST),
+        "udp",
+        (0x28, 0, 0, 6),  # ldh [6]
+        (0x45, "drop", "accept", 0x1FFF),  # a later UDP fragment: drop
+        "tcp",
+        (0x28, 0, 0, 6),  # ldh [6]: flags and fragment offset
+        (0x45, "accept", 0, 0x1FFF),  # jset offset -> a later fragment: accept
         (0xB1, 0, 0, 0),  # ldxb 4*([0]&0xf): IP header length
         (0x48, 0, 0, 2),  # ldh [x+2]: TCP destination port
-        (0x15, accept, drop, port),
-        (0x06, 0, 0, SNIFF_BUFFER),  # accept
-        (0x06, 0, 0, 0),  # drop
+        (0x15, "accept", "drop", port),
+        "accept",
+        (0x06, 0, 0, SNIFF_BUFFER),
+        "drop",
+        (0x06, 0, 0, 0),
     ]
-    targets = {accept: len(insns) - 2, drop: len(insns) - 1}
+    labels: dict[str, int] = {}
+    insns: list[tuple[int, int | str, int | str, int]] = []
+    for item in program:
+        if isinstance(item, str):
+            labels[item] = len(insns)
+        else:
+            insns.append(item)
 
-    def resolve(jump: int, at: int) -> int:
-        return targets[jump] - at - 1 if jump < 0 else jump
+    def resolve(jump: int | str, at: int) -> int:
+        return labels[jump] - at - 1 if isinstance(jump, str) else jump
 
     return [(code, resolve(jt, i), resolve(jf, i), k) for i, (code, jt, jf, k) in enumerate(insns)]
 
@@ -797,6 +888,212 @@ def start_fragile_stack(
     return sniffer
 
 
+# --------------------------------------------------------------------------- net.fragile_l2
+def interface_of(address: bytes) -> str | None:
+    """The name of the local interface whose (primary) IPv4 address is ``address``; ``lo`` for
+    any loopback address; None if no interface has it."""
+    if address[0] == 127:
+        return "lo"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _index, name in socket.if_nameindex():
+            request = Struct("16s24x").pack(name.encode()[:15])
+            try:
+                reply = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)
+            except OSError:
+                continue  # no IPv4 address on this one
+            if reply[20:24] == address:  # struct ifreq: name, then sockaddr_in (addr at +4)
+                return name
+    return None
+
+
+class FragileL2:
+    """The ``net.fragile_l2`` model: counts received ARP and broadcast frames and starves the
+    PLC's scan cycle when either passes ``threshold_rps`` in the last second (see the module
+    docstring). Sniffer thread only; :meth:`feed` takes raw frames, so it runs without a socket.
+
+    :param plc: the PLC whose scan cycle starves.
+    :param threshold_rps: ARP (or broadcast) frames per second above which it starves.
+    :param recovery_s: seconds each starvation lasts after the last offending frame.
+    :param clock: the monotonic clock (for tests).
+    """
+
+    def __init__(
+        self,
+        plc: PLC,
+        *,
+        threshold_rps: float,
+        recovery_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.plc = plc
+        self.threshold_rps = threshold_rps
+        self.recovery_s = recovery_s
+        self.clock = clock
+        #: Arrival times of ARP frames in the last :data:`SYN_WINDOW_S`.
+        self._arp: deque[float] = deque()
+        #: Arrival times of other broadcast frames in the last :data:`SYN_WINDOW_S`.
+        self._broadcast: deque[float] = deque()
+        #: Offending frames so far.
+        self.offences = 0
+        #: Why the scan cycle last starved.
+        self.last_reason: str | None = None
+        self._logged_at = -STARVE_LOG_GAP_S
+
+    def feed(self, frame: bytes | memoryview) -> str | None:
+        """Account one received Ethernet frame; return why it starved the scan cycle, or None."""
+        if len(frame) < 14:
+            return None
+        if ((frame[12] << 8) | frame[13]) == _ETH_P_ARP:
+            times, kind = self._arp, "ARP storm: {n} ARP frames"
+        elif bytes(frame[:6]) == _ETH_BROADCAST:
+            times, kind = self._broadcast, "broadcast storm: {n} broadcast frames"
+        else:
+            return None
+        now = self.clock()
+        times.append(now)
+        horizon = now - SYN_WINDOW_S
+        while times and times[0] <= horizon:
+            times.popleft()
+        if len(times) <= self.threshold_rps:
+            return None
+        reason = (
+            kind.format(n=len(times))
+            + f" in the last {SYN_WINDOW_S:g} s (threshold {self.threshold_rps:g})"
+        )
+        self.offences += 1
+        self.last_reason = reason
+        self.plc.starve(self.recovery_s)
+        if now - self._logged_at >= STARVE_LOG_GAP_S:
+            self._logged_at = now
+            source = ":".join(f"{b:02x}" for b in bytes(frame[6:12]))
+            sys.stderr.write(
+                f"{NAME}: net.fragile_l2: scan cycle starved for {self.recovery_s:g} s: "
+                f"{reason} (last from {source})\n"
+            )
+            sys.stderr.flush()
+        return reason
+
+
+def l2_bpf_program() -> list[tuple[int, int, int, int]]:
+    """A classic BPF filter for the ``net.fragile_l2`` sniffer (offsets from the Ethernet
+    header): keep received broadcast frames and ARP frames, the first :data:`L2_SNAPLEN`
+    bytes of each."""
+    return [
+        (0x20, 0, 0, _SKF_AD_PKTTYPE),  # ld pkttype
+        (0x15, 4, 0, socket.PACKET_OUTGOING),  # jeq OUTGOING -> drop
+        (0x15, 2, 0, socket.PACKET_BROADCAST),  # jeq BROADCAST -> accept
+        (0x28, 0, 0, 12),  # ldh [12]: ethertype
+        (0x15, 0, 1, _ETH_P_ARP),  # jeq ARP -> accept, else drop
+        (0x06, 0, 0, L2_SNAPLEN),  # accept
+        (0x06, 0, 0, 0),  # drop
+    ]
+
+
+class L2Sniffer:
+    """The ``net.fragile_l2`` sniffer thread: reads ``ifname`` and feeds a :class:`FragileL2`.
+    Opens its socket at construction.
+
+    :raises OSError: the packet socket cannot be opened (no root, no such interface).
+    """
+
+    def __init__(self, model: FragileL2, ifname: str) -> None:
+        self.model = model
+        self.ifname = ifname
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # nothing queued yet
+        try:
+            insns = l2_bpf_program()
+            code = ctypes.create_string_buffer(b"".join(_BPF_INSN.pack(*i) for i in insns))
+            sock.setsockopt(
+                socket.SOL_SOCKET,
+                _SO_ATTACH_FILTER,
+                Struct("HP").pack(len(insns), ctypes.addressof(code)),
+            )
+            sock.bind((ifname, _ETH_P_ALL))
+            sock.settimeout(SNIFF_POLL_S)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start reading (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="fragile-l2", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (within about :data:`SNIFF_POLL_S`) and close the socket."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            self._thread = None
+        self._sock.close()
+
+    def _run(self) -> None:
+        buf = bytearray(L2_SNAPLEN)
+        view = memoryview(buf)
+        feed = self.model.feed
+        while not self._stop.is_set():
+            try:
+                size, address = self._sock.recvfrom_into(buf)
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.wait(SNIFF_POLL_S):
+                    break
+                continue
+            if address[2] != socket.PACKET_OUTGOING:
+                feed(view[:size])
+
+
+def start_fragile_l2(args: common.SimArgs, plc: PLC, listener: asyncio.Server) -> L2Sniffer | str:
+    """Start the ``net.fragile_l2`` sniffer on the interface of ``listener``'s address; an
+    error message if it cannot."""
+    bound = next((s.getsockname() for s in listener.sockets if s.family == socket.AF_INET), None)
+    if bound is None or bound[0] == "0.0.0.0":  # noqa: S104
+        return f"net.fragile_l2 needs a listener on one interface's IPv4 address, not {args.host}"
+    ifname = interface_of(socket.inet_aton(str(bound[0])))
+    if ifname is None:
+        return f"net.fragile_l2: no interface holds {bound[0]}"
+    model = FragileL2(
+        plc,
+        threshold_rps=args.config.fragile_threshold_rps,
+        recovery_s=args.config.fragile_recovery_s,
+    )
+    try:
+        sniffer = L2Sniffer(model, ifname)
+    except OSError as exc:
+        return (
+            f"net.fragile_l2 needs a packet socket on {ifname} "
+            f"(root or CAP_NET_RAW): {exc.strerror or exc}"
+        )
+    sniffer.start()
+    return sniffer
+
+
+def start_sniffers(
+    args: common.SimArgs, plc: PLC, listener: asyncio.Server
+) -> list[StackSniffer | L2Sniffer] | str:
+    """Start the sniffers of the ``net.fragile_stack`` and ``net.fragile_l2`` weaknesses that
+    are on; an error message (and nothing left running) if one cannot start."""
+    started: list[StackSniffer | L2Sniffer] = []
+    for weakness, start in (
+        ("net.fragile_stack", start_fragile_stack),
+        ("net.fragile_l2", start_fragile_l2),
+    ):
+        if not args.has(weakness):
+            continue
+        sniffer = start(args, plc, listener)
+        if isinstance(sniffer, str):
+            for other in started:
+                other.stop()
+            return sniffer
+        started.append(sniffer)
+    return started
+
+
 async def _serve(args: common.SimArgs) -> str | None:
     """Run until SIGTERM; return an error message if the listeners cannot start."""
     stop = stop_event()
@@ -848,20 +1145,17 @@ async def _serve(args: common.SimArgs) -> str | None:
         for listener in listeners:
             listener.close()
         return f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
-    sniffer: StackSniffer | None = None
-    if args.has("net.fragile_stack"):
-        started = start_fragile_stack(args, plc, listeners[0])
-        if isinstance(started, str):
-            for listener in listeners:
-                listener.close()
-            return started
-        sniffer = started
+    sniffers = start_sniffers(args, plc, listeners[0])
+    if isinstance(sniffers, str):
+        for listener in listeners:
+            listener.close()
+        return sniffers
     plc.start()
     common.ready(NAME, endpoints, args.weaknesses)
     try:
         await stop.wait()
     finally:
-        if sniffer is not None:
+        for sniffer in sniffers:
             sniffer.stop()
         for listener in listeners:
             listener.close()

@@ -1,4 +1,4 @@
-"""Network-layer load: SYN flood and malformed IP/TCP packets (raw sockets: root only).
+"""Network-layer load: SYN flood, malformed IP/TCP packets, ICMP echo and UDP storms.
 
 Packets are crafted once with scapy and sent as prebuilt bytes through one raw IPv4 socket
 (``IPPROTO_RAW``, so ``IP_HDRINCL``): scapy's own ``send()`` manages about 2k packets/s, and its
@@ -11,8 +11,13 @@ The source address is the one the kernel would use to reach the device (on loopb
 127.0.0.1): the device's answers (SYN-ACKs) come back to us and our kernel resets them, as it
 would for any scanner. Spoofed, unreachable sources are deliberately not offered.
 
+The ICMP echo storm goes out the same way (raw socket, root). The UDP storm needs no privilege:
+prebuilt payloads through one plain, unconnected UDP socket (unconnected so that the device's
+ICMP port-unreachable answers do not turn into send errors).
+
 IPv4 only. Bounds as everywhere: :class:`~harness.load.Pacer` at ``rate`` packets per second,
-``duration_s``, optional ``max_packets``, the stop flag.
+``duration_s``, optional ``max_packets``, the stop flag; every destination passes
+``guard.check_destination`` before a socket opens.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import random
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
@@ -30,6 +36,17 @@ if TYPE_CHECKING:
 
 #: Distinct SYN packets cycled through by the flood (source port and sequence vary).
 SYN_VARIANTS = 1024
+#: Distinct ICMP echo requests cycled through by the storm (identifier and sequence vary).
+ICMP_VARIANTS = 256
+#: Bytes of data in each echo request (the size of a default ``ping``).
+ICMP_PAYLOAD = 56
+#: Distinct UDP payloads cycled through by the storm.
+UDP_VARIANTS = 64
+#: Sizes (bytes) the UDP payloads take in turn: small, typical and one that fills an Ethernet
+#: frame without fragmenting (1500 - 20 - 8).
+UDP_SIZES = (16, 64, 512, 1472)
+#: Packets granted by the pacer per batch at most.
+_BATCH = 256
 
 
 def source_address(dst: str) -> str:
@@ -154,51 +171,64 @@ class RawSender:
               max_packets: int | None = None, stop: Stoppable | None = None,
               kind: str = "raw_flood", port: int = 0) -> LoadResult:
         """Cycle through ``packets`` at most ``rate`` per second for ``duration_s``."""
-        if not packets:
-            raise ValueError("no packets to send")
-        stop = stop or NeverStop()
-        pacer = Pacer(rate)
-        start = time.monotonic()
-        deadline = start + duration_s
-        limit = max_packets if max_packets is not None else 1 << 62
-        result = LoadResult(kind, f"{self.host}:{port}", rate, started=start)
-        series = Series(start)
-        sendto = self.sock.sendto
-        dest = (self.address, 0)
-        n_packets = len(packets)
-        index = 0
-        reason = "duration"
-        while True:
-            now = time.monotonic()
-            if stop.is_set():
-                reason = "abort"
-                break
-            if now >= deadline:
-                break
-            if result.sent >= limit:
-                reason = "count"
-                break
-            n = pacer.take(min(256, limit - result.sent))
-            if n == 0:
-                time.sleep(min(pacer.wait_s(), max(0.0, deadline - now), 0.05))
-                continue
-            sent = 0
-            try:
-                for _ in range(n):
-                    sendto(packets[index], dest)
-                    index += 1
-                    if index == n_packets:
-                        index = 0
-                    sent += 1
-            except OSError:
-                result.errors += 1  # e.g. ENOBUFS: the local queue is full; try again later
-            result.sent += sent
-            series.add(now, sent, 0)
-        result.ended = time.monotonic()
-        result.stop_reason = reason
-        result.series = series.rows
-        result.details["variants"] = n_packets
-        return result
+        return paced_send(self.sock.sendto, (self.address, 0), packets, rate=rate,
+                          duration_s=duration_s, max_packets=max_packets, stop=stop, kind=kind,
+                          target=f"{self.host}:{port}")
+
+
+def paced_send(sendto: Callable[[bytes, tuple[str, int]], int], dest: tuple[str, int],
+               packets: list[bytes], *, rate: float, duration_s: float,
+               max_packets: int | None = None, stop: Stoppable | None = None,
+               kind: str = "raw_flood", target: str = "") -> LoadResult:
+    """Send ``packets`` in turn to ``dest`` through ``sendto`` (a socket's), at most ``rate`` per
+    second, until ``duration_s``, ``max_packets`` or the stop flag.
+
+    A send error (``ENOBUFS``: the local queue is full; ``ECONNREFUSED`` and the like) is
+    counted in ``errors`` and the rest of that batch is dropped.
+    """
+    if not packets:
+        raise ValueError("no packets to send")
+    stop = stop or NeverStop()
+    pacer = Pacer(rate)
+    start = time.monotonic()
+    deadline = start + duration_s
+    limit = max_packets if max_packets is not None else 1 << 62
+    result = LoadResult(kind, target, rate, started=start)
+    series = Series(start)
+    n_packets = len(packets)
+    index = 0
+    reason = "duration"
+    while True:
+        now = time.monotonic()
+        if stop.is_set():
+            reason = "abort"
+            break
+        if now >= deadline:
+            break
+        if result.sent >= limit:
+            reason = "count"
+            break
+        n = pacer.take(min(_BATCH, limit - result.sent))
+        if n == 0:
+            time.sleep(min(pacer.wait_s(), max(0.0, deadline - now), 0.05))
+            continue
+        sent = 0
+        try:
+            for _ in range(n):
+                sendto(packets[index], dest)
+                index += 1
+                if index == n_packets:
+                    index = 0
+                sent += 1
+        except OSError:
+            result.errors += 1
+        result.sent += sent
+        series.add(now, sent, 0)
+    result.ended = time.monotonic()
+    result.stop_reason = reason
+    result.series = series.rows
+    result.details["variants"] = n_packets
+    return result
 
 
 def syn_flood(host: str, port: int, *, guard: Guard, rate: float, duration_s: float,
@@ -208,3 +238,59 @@ def syn_flood(host: str, port: int, *, guard: Guard, rate: float, duration_s: fl
         packets = syn_packets(sender.address, port)
         return sender.flood(packets, rate=rate, duration_s=duration_s, max_packets=max_packets,
                             stop=stop, kind="syn_flood", port=port)
+
+
+def icmp_echo_packets(dst: str, *, count: int = ICMP_VARIANTS, src: str | None = None,
+                      seed: int | None = None) -> list[bytes]:
+    """``count`` ICMP echo requests to ``dst`` (identifier and sequence vary, 56 data bytes)."""
+    from scapy.layers.inet import ICMP, IP
+    from scapy.packet import Raw
+
+    rng = random.Random(seed)  # noqa: S311 - packet variety, not secrecy
+    src = src or source_address(dst)
+    ident = rng.randrange(1, 65536)
+    data = bytes(rng.randrange(256) for _ in range(ICMP_PAYLOAD))
+    return [bytes(IP(src=src, dst=dst, id=rng.randrange(1, 65536), ttl=64)
+                  / ICMP(type=8, code=0, id=ident, seq=i + 1) / Raw(data))
+            for i in range(count)]
+
+
+def icmp_storm(host: str, *, guard: Guard, rate: float, duration_s: float,
+               max_packets: int | None = None, stop: Stoppable | None = None) -> LoadResult:
+    """ICMP echo requests to ``host`` at most ``rate`` per second for ``duration_s`` (root).
+
+    The device's echo replies come back to our own address and are not read.
+    """
+    with RawSender(guard, host) as sender:
+        packets = icmp_echo_packets(sender.address)
+        result = sender.flood(packets, rate=rate, duration_s=duration_s,
+                              max_packets=max_packets, stop=stop, kind="icmp_storm")
+        result.details["payload_bytes"] = ICMP_PAYLOAD
+        return result
+
+
+def udp_payloads(*, count: int = UDP_VARIANTS, seed: int | None = None) -> list[bytes]:
+    """``count`` random payloads cycling through :data:`UDP_SIZES`."""
+    rng = random.Random(seed)  # noqa: S311 - payload variety, not secrecy
+    return [rng.randbytes(UDP_SIZES[i % len(UDP_SIZES)]) for i in range(count)]
+
+
+def udp_storm(host: str, port: int, *, guard: Guard, rate: float, duration_s: float,
+              max_packets: int | None = None, stop: Stoppable | None = None,
+              payloads: list[bytes] | None = None) -> LoadResult:
+    """UDP datagrams to ``host:port`` at most ``rate`` per second for ``duration_s``.
+
+    Plain UDP socket (no privilege), unconnected, bound to an ephemeral port; ``payloads``
+    default to :func:`udp_payloads`.
+    """
+    address = _ipv4(guard, host)
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be 1..65535, got {port}")
+    data = payloads if payloads is not None else udp_payloads()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("", 0))
+        result = paced_send(sock.sendto, (address, port), data, rate=rate,
+                            duration_s=duration_s, max_packets=max_packets, stop=stop,
+                            kind="udp_storm", target=f"{host}:{port}")
+    result.details["payload_sizes"] = sorted({len(d) for d in data})
+    return result

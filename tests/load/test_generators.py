@@ -385,3 +385,259 @@ def test_raw_sender_asks_the_guard() -> None:
 
     with pytest.raises(SafetyViolation):
         RawSender(Guard(["192.0.2.0/24"]), "127.0.0.1")
+
+
+# --------------------------------------------------------------------------- UDP / ICMP storms
+def _udp_sink(stop: threading.Event, sock: socket.socket, out: list[tuple[float, int]]) -> None:
+    """Record (kernel receive time, size) of every datagram ``sock`` receives."""
+    sock.settimeout(0.05)
+    while not stop.is_set():
+        try:
+            data, anc, _flags, _addr = sock.recvmsg(2048, 64)
+        except TimeoutError:
+            continue
+        stamp = next((struct.unpack("qq", d[:16]) for lvl, typ, d in anc
+                      if lvl == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS), None)
+        if stamp is not None:
+            out.append((stamp[0] + stamp[1] / 1e9, len(data)))
+
+
+@pytest.fixture
+def udp_sink() -> Iterator[tuple[int, list[tuple[float, int]]]]:
+    """A UDP socket on loopback recording what arrives: (port, [(time, size)])."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    sock.bind(("127.0.0.1", 0))
+    seen: list[tuple[float, int]] = []
+    stop = threading.Event()
+    th = threading.Thread(target=_udp_sink, args=(stop, sock, seen), daemon=True)
+    th.start()
+    try:
+        yield sock.getsockname()[1], seen
+    finally:
+        stop.set()
+        th.join(timeout=5)
+        sock.close()
+
+
+def test_udp_storm_never_exceeds_its_rate_at_the_device(
+        udp_sink: tuple[int, list[tuple[float, int]]]) -> None:
+    from harness.load.netflood import UDP_SIZES, udp_storm
+
+    port, seen = udp_sink
+    cap = 1500.0
+    result = udp_storm("127.0.0.1", port, guard=LOOPBACK, rate=cap, duration_s=1.6)
+    _settle(lambda: len(seen), result.sent)
+    assert result.kind == "udp_storm" and result.stop_reason == "duration"
+    assert result.sent > cap  # more than one second's worth was sent
+    assert 0 < len(seen) <= result.sent
+    assert max_in_window([t for t, _ in seen]) <= cap
+    assert {size for _, size in seen} == set(UDP_SIZES)
+
+
+def test_udp_storm_stops_at_its_count_and_on_abort(
+        udp_sink: tuple[int, list[tuple[float, int]]]) -> None:
+    from harness.load.netflood import udp_storm
+
+    port, seen = udp_sink
+    counted = udp_storm("127.0.0.1", port, guard=LOOPBACK, rate=5000, duration_s=5,
+                        max_packets=37)
+    assert (counted.sent, counted.stop_reason) == (37, "count")
+    assert _settle(lambda: len(seen), 37) == 37
+    flag = StopFlag()
+    tripped: list[float] = []
+
+    def trip() -> None:
+        end = time.monotonic() + 10
+        while len(seen) < 37 + 200 and time.monotonic() < end:
+            time.sleep(0.001)
+        tripped.append(time.time())  # the sink's times are the kernel's wall clock
+        flag.set()
+
+    th = threading.Thread(target=trip, daemon=True)
+    th.start()
+    try:
+        aborted = udp_storm("127.0.0.1", port, guard=LOOPBACK, rate=2000, duration_s=5,
+                            stop=flag)
+    finally:
+        flag.close()
+    th.join(timeout=5)
+    assert aborted.stop_reason == "abort"
+    assert aborted.duration_s < 5.0
+    time.sleep(0.2)
+    late = [t for t, _ in seen if t > tripped[0]]
+    assert len(late) <= 256  # at most the batch being sent when the flag was set
+
+
+def test_udp_storm_asks_the_guard_first(udp_sink: tuple[int, list[tuple[float, int]]]) -> None:
+    from harness.load.netflood import udp_storm
+
+    port, seen = udp_sink
+    with pytest.raises(SafetyViolation):
+        udp_storm("127.0.0.1", port, guard=Guard(["192.0.2.0/24"]), rate=100, duration_s=1)
+    time.sleep(0.1)
+    assert seen == []
+
+
+def test_icmp_echo_packets_are_echo_requests_to_the_destination() -> None:
+    from scapy.layers.inet import ICMP, IP
+
+    from harness.load.netflood import ICMP_PAYLOAD, icmp_echo_packets
+
+    packets = icmp_echo_packets("127.0.0.1", count=8, src="127.0.0.1", seed=1)
+    parsed = [IP(p) for p in packets]
+    assert len(set(packets)) == 8
+    assert all(p.dst == "127.0.0.1" and p[ICMP].type == 8 and p[ICMP].code == 0
+               for p in parsed)
+    assert all(len(bytes(p[ICMP].payload)) == ICMP_PAYLOAD for p in parsed)
+    assert [p[ICMP].seq for p in parsed] == list(range(1, 9))
+
+
+def _echo_counter(dst: str, stop: threading.Event, out: list[float]) -> None:
+    """Count ICMP echo requests to ``dst`` arriving on lo, with the kernel's receive times."""
+    sniff = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+    sniff.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    sniff.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    sniff.bind(("lo", 0))
+    sniff.settimeout(0.05)
+    target = socket.inet_aton(dst)
+    try:
+        while not stop.is_set():
+            try:
+                data, anc, _flags, addr = sniff.recvmsg(64, 64)
+            except TimeoutError:
+                continue
+            stamp = next((struct.unpack("qq", d[:16]) for lvl, typ, d in anc
+                          if lvl == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS), None)
+            if stamp is None or addr[2] != socket.PACKET_HOST or len(data) < 21:
+                continue
+            ihl = (data[0] & 0x0F) * 4
+            if data[9] == 1 and data[16:20] == target and data[ihl] == 8:
+                out.append(stamp[0] + stamp[1] / 1e9)
+    finally:
+        sniff.close()
+
+
+@root_only
+def test_icmp_storm_never_exceeds_its_rate_on_the_wire() -> None:
+    from harness.load.netflood import icmp_storm
+
+    dst = "127.0.0.1"
+    seen: list[float] = []
+    stop = threading.Event()
+    th = threading.Thread(target=_echo_counter, args=(dst, stop, seen), daemon=True)
+    th.start()
+    time.sleep(0.1)
+    try:
+        cap = 1500.0
+        result = icmp_storm(dst, guard=LOOPBACK, rate=cap, duration_s=1.6)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        th.join(timeout=5)
+    assert result.kind == "icmp_storm" and result.stop_reason == "duration"
+    assert result.sent > cap
+    assert 0 < len(seen) <= result.sent
+    assert max_in_window(seen) <= cap
+
+
+@root_only
+def test_icmp_storm_asks_the_guard() -> None:
+    from harness.load.netflood import icmp_storm
+
+    with pytest.raises(SafetyViolation):
+        icmp_storm("127.0.0.1", guard=Guard(["192.0.2.0/24"]), rate=100, duration_s=1)
+
+
+# --------------------------------------------------------------------------- layer 2
+def test_l2_frames_are_broadcasts_from_our_own_addresses() -> None:
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import ARP, Ether
+
+    from harness.load.l2flood import BROADCAST_MAC, arp_frames, broadcast_frames
+
+    mac, ours, device = "02:00:00:00:00:01", "198.18.0.1", "198.18.0.2"
+    arps = [Ether(f) for f in arp_frames(mac, ours, device, count=6)]
+    assert all(f.dst == BROADCAST_MAC and f.src == mac and f[ARP].op == 1 for f in arps)
+    assert all(f[ARP].hwsrc == mac and f[ARP].psrc == ours for f in arps)  # nothing spoofed
+    assert [f[ARP].pdst for f in arps] == [device, ours] * 3  # requests and gratuitous ARPs
+    casts = [Ether(f) for f in broadcast_frames(mac, ours, count=8, seed=1)]
+    assert all(f.dst == BROADCAST_MAC and f[IP].src == ours and f[IP].dst == "255.255.255.255"
+               and f[UDP].dport == 9 for f in casts)
+    assert max(len(f) for f in casts) <= 1514  # no frame above the Ethernet MTU
+
+
+def test_guard_allows_layer2_only_on_declared_interfaces() -> None:
+    from harness.load.l2flood import L2Sender
+
+    guard = Guard(["198.18.0.2"], allow_disruptive=True, serial_devices=["/dev/ttyS9"])
+    with pytest.raises(SafetyViolation, match="interface 'lo'"):
+        guard.check_interface("lo")
+    with pytest.raises(SafetyViolation, match=r"interfaces\.ethernet"):
+        L2Sender(guard, "lo", "198.18.0.2")
+    widened = guard.with_interfaces(["hlab000000h"])
+    assert widened.check_interface("hlab000000h") == "hlab000000h"
+    assert widened.networks == guard.networks and widened.allow_disruptive
+    assert widened.serial_devices == guard.serial_devices
+    with pytest.raises(SafetyViolation):
+        widened.check_interface("eth0")
+    with pytest.raises(SafetyViolation):
+        guard.check_interface("hlab000000h")  # the original guard is unchanged
+    # the device's address is still checked against the allow-list
+    with pytest.raises(SafetyViolation, match="not in the profile's targets"):
+        L2Sender(Guard(["192.0.2.0/24"]).with_interfaces(["lo"]), "lo", "198.18.0.2")
+
+
+def _frame_counter(ifname: str, stop: threading.Event, out: list[float]) -> None:
+    """Record the kernel's times of broadcast frames leaving ``ifname``."""
+    sniff = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    sniff.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    sniff.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    sniff.bind((ifname, 0))
+    sniff.settimeout(0.05)
+    try:
+        while not stop.is_set():
+            try:
+                data, anc, _flags, addr = sniff.recvmsg(64, 64)
+            except TimeoutError:
+                continue
+            stamp = next((struct.unpack("qq", d[:16]) for lvl, typ, d in anc
+                          if lvl == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS), None)
+            if stamp is not None and addr[2] == socket.PACKET_OUTGOING \
+                    and data[:6] == b"\xff" * 6:
+                out.append(stamp[0] + stamp[1] / 1e9)
+    finally:
+        sniff.close()
+
+
+@root_only
+@pytest.mark.parametrize("kind", ["arp", "broadcast"])
+def test_l2_storm_never_exceeds_its_rate_on_the_declared_link(kind: str) -> None:
+    from harness import netns
+    from harness.load.l2flood import arp_storm, broadcast_storm
+
+    storm = arp_storm if kind == "arp" else broadcast_storm
+    with netns.netns_link() as link:
+        guard = Guard([link.device_address]).with_interfaces([link.host_if])
+        seen: list[float] = []
+        stop = threading.Event()
+        th = threading.Thread(target=_frame_counter, args=(link.host_if, stop, seen),
+                              daemon=True)
+        th.start()
+        time.sleep(0.1)
+        try:
+            cap = 1500.0
+            result = storm(link.host_if, link.device_address, guard=guard, rate=cap,
+                           duration_s=1.6)
+            time.sleep(0.2)
+        finally:
+            stop.set()
+            th.join(timeout=5)
+        counted = storm(link.host_if, link.device_address, guard=guard, rate=5000,
+                        duration_s=5, max_packets=25)
+    assert result.stop_reason == "duration" and result.sent > cap
+    assert result.details["interface"] == link.host_if
+    assert 0 < len(seen) <= result.sent
+    assert max_in_window(seen) <= cap
+    assert (counted.sent, counted.stop_reason) == (25, "count")

@@ -296,7 +296,7 @@ def test_ssh_banner_probe_reads_the_identification_line(
     assert {s.value for s in samples} == {"SSH-2.0-FakePLC_1.0"}
 
 
-@pytest.mark.parametrize("greeting, error", [
+@pytest.mark.parametrize(("greeting", "error"), [
     (b"", "timeout: no SSH identification line"),  # accepted by the kernel, daemon silent
     (b"HTTP/1.0 400 Bad Request\r\n", "closed before the SSH identification line"),
 ])
@@ -330,7 +330,8 @@ def test_ssh_banner_comes_from_the_profile_ssh_interface(tmp_path: Path) -> None
 
 
 # --------------------------------------------------------------------------- opcua_read stall
-@pytest.mark.parametrize("node, stalls", [("PLC.Heartbeat", False), ("PLC.Setpoint", True)])
+@pytest.mark.parametrize(("node", "stalls"),
+                         [("PLC.Heartbeat", False), ("PLC.Setpoint", True)])
 def test_opcua_read_with_max_stall_fails_a_value_that_stands_still(
         lab: Callable[..., Any], write_profile: Callable[..., Path],
         run_monitor: Callable[..., MonitorProcess], node: str, stalls: bool) -> None:

@@ -38,6 +38,7 @@ ALL_WEAKNESSES = sorted(
         "net.extra_open_port",
         "load.fragile",
         "net.fragile_stack",
+        "net.fragile_l2",
         "modbus.torn_reads",
     ]
 )

@@ -23,7 +23,10 @@ pytestmark = pytest.mark.timeout(300)
 
 LOAD_CHECKS = ("test_modbus_request_flood", "test_modbus_connection_storm",
                "test_modbus_load_ramp", "test_recovery_after_modbus_flood")
-RAW_CHECKS = ("test_syn_flood", "test_malformed_ip_tcp")
+RAW_CHECKS = ("test_syn_flood", "test_malformed_ip_tcp", "test_icmp_storm")
+#: Network-robustness checks that need no raw socket (they run without root too).
+PLAIN_NET_CHECKS = ("test_udp_storm",)
+NET_CHECKS = RAW_CHECKS + PLAIN_NET_CHECKS
 K_LOAD = "dos_protection or communication_load or recovery_after"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -93,10 +96,10 @@ def test_hardened_passes_every_load_check(lab: Callable[..., Any],
     running = lab(["modbus_tcp"])
     run = run_harness(_short_profile(running, write_profile),
                       k=f"{K_LOAD} or network_robustness")
-    got = _verdicts(run, LOAD_CHECKS + RAW_CHECKS)
+    got = _verdicts(run, LOAD_CHECKS + NET_CHECKS)
     raw = "PASS" if IS_ROOT else "NOT RUN"
-    assert got == {**dict.fromkeys(LOAD_CHECKS, "PASS"), **dict.fromkeys(RAW_CHECKS, raw)}, \
-        _reasons(run, LOAD_CHECKS + RAW_CHECKS)
+    assert got == {**dict.fromkeys(LOAD_CHECKS + PLAIN_NET_CHECKS, "PASS"),
+                   **dict.fromkeys(RAW_CHECKS, raw)}, _reasons(run, LOAD_CHECKS + NET_CHECKS)
     flood = run.checks("::test_modbus_request_flood")[0]
     notes = [o for o in flood["observations"] if o.get("summary") == "load result: modbus_flood"]
     assert notes and notes[0]["data"]["sent"] > 0
@@ -110,12 +113,14 @@ def test_network_checks_fail_on_a_fragile_stack(lab: Callable[..., Any],
     assert "net.fragile_stack" in weakness_manifest()["modbus_tcp"]
     running = lab(["modbus_tcp"], weaknesses=["net.fragile_stack"])
     run = run_harness(_short_profile(running, write_profile), k="network_robustness")
-    assert _verdicts(run, RAW_CHECKS) == dict.fromkeys(RAW_CHECKS, "FAIL"), \
-        _reasons(run, RAW_CHECKS)
+    assert _verdicts(run, NET_CHECKS) == dict.fromkeys(NET_CHECKS, "FAIL"), \
+        _reasons(run, NET_CHECKS)
     assert run.code == 1
-    reasons = _reasons(run, RAW_CHECKS)
+    reasons = _reasons(run, NET_CHECKS)
     # the heartbeat stalled: the monitor, not a send error, made the verdict
     assert all("stalled" in reason for reason in reasons.values()), reasons
+    assert "UDP storm" in reasons["test_udp_storm"], reasons
+    assert "ICMP echo storm" in reasons["test_icmp_storm"], reasons
 
 
 # --------------------------------------------------------------------------- port inventory
