@@ -567,6 +567,8 @@ def generated_profile(
                                                     else set(wildcard_listeners()))),
             "open_udp_ports": [] if netns_lab else wildcard_listeners("udp"),
             "modbus_frame_timeout_s": eps.get("modbus", {}).get("frame_timeout_s"),
+            "ssh_login_grace_s": eps.get("ssh", {}).get("login_grace_s"),
+            "opcua_hello_timeout_s": eps.get("opcua", {}).get("hello_timeout_s"),
             "modbus_function_codes": [1, 2, 3, 4, 5, 6, 15, 16, 22, 23],
             "ssh_auth_methods": ["publickey", "password"],
             "rtu_broadcast": "ignore",

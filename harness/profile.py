@@ -499,6 +499,14 @@ class Expectations(Strict):
     #: Seconds within which the device closes a Modbus/TCP connection whose request does not
     #: arrive whole (its frame timeout; CR 7.2 assumes 2 s when not declared).
     modbus_frame_timeout_s: float | None = Field(default=None, gt=0)
+    #: Seconds within which the device closes an SSH connection that has not completed its
+    #: identification line and key exchange (its login grace time; CR 7.2 assumes 2 s when not
+    #: declared).
+    ssh_login_grace_s: float | None = Field(default=None, gt=0)
+    #: Seconds within which the device closes an OPC UA connection that has not sent a complete
+    #: Hello and opened its secure channel (its Hello timeout; CR 7.2 assumes 2 s when not
+    #: declared).
+    opcua_hello_timeout_s: float | None = Field(default=None, gt=0)
     #: Modbus function codes the device is documented to support.
     modbus_function_codes: list[Annotated[int, Field(ge=1, le=127)]] = Field(
         default_factory=lambda: [1, 2, 3, 4, 5, 6, 15, 16, 22, 23]

@@ -1,7 +1,7 @@
 """OPC UA PLC simulator: the PLC core's process image behind an asyncua server.
 
-``python -m simulators.opcua [common options] [--verbose] [--auditing on|off]`` (see
-:mod:`simulators.common`).
+``python -m simulators.opcua [common options] [--verbose] [--auditing on|off]
+[--hello-timeout-s S]`` (see :mod:`simulators.common`).
 
 Ready line ``endpoints``::
 
@@ -11,6 +11,7 @@ Ready line ``endpoints``::
                "namespace_uri": "urn:harness:simulator:plc", "namespace_index": 2,
                "server_cert": PEM, "client_cert": PEM, "client_key": PEM,
                "ca_cert": PEM, "ca_key": PEM,
+               "hello_timeout_s": S,    # None with opcua.no_hello_timeout
                "nodes": {"heartbeat": "ns=2;s=PLC.Heartbeat", "setpoint": ...,
                          "process_value": ..., "output": ..., "scratch": [...],
                          "protected": [...]}}}
@@ -56,6 +57,12 @@ Hardened posture:
   timeout to at most that value (and at least min(it, 1 s)); a request on the closed session
   gets BadSessionNotActivated (asyncua's code for it). A client that polls is never idle:
   asyncua's Client reads the server state every ``watchdog_intervall`` (default 1 s).
+- connection start-up: at most ``min(32, connection_limit)`` connections may be open at once
+  without a secure channel (extra connections are closed at once), and a connection that has
+  not sent a complete Hello and opened its secure channel within ``--hello-timeout-s``
+  (default 2 s, counted from the connect; trickling bytes of an unfinished Hello does not
+  extend it) is closed. A connection with a secure channel but no activated session is closed
+  after ``idle_timeout_s`` (at least 1 s);
 - auditing: ``Server.Auditing`` (i=2994) reads True, and every ActivateSession, refused or
   accepted, is reported as an AuditActivateSessionEventType (i=2075) event on the Server object
   (i=2253) to every subscriber whose filter lets it through (``OfType`` AuditEventType matches
@@ -82,8 +89,11 @@ write scratch nodes), ``opcua.no_session_limit``, ``opcua.no_session_timeout`` (
 is granted 24 h), ``opcua.no_lockout``, ``opcua.user_enumeration`` (an unknown user gets
 BadIdentityTokenInvalid instead of BadUserAccessDenied), ``opcua.no_audit`` (``Server.Auditing``
 still reads True, but no audit event is generated, for a refused login or any other),
-``load.fragile`` (every CreateSession, Read, Write and Browse counts against the fragile
-threshold).
+``opcua.no_hello_timeout`` (no Hello timeout, and the activation timeout starts only once
+the Hello is complete: a connection that never finishes its Hello is kept for as long as the
+client holds it, so a few of them fill the start-up cap and every fresh client is closed at
+once: slowloris), ``load.fragile`` (every CreateSession, Read, Write and Browse counts against
+the fragile threshold).
 """
 
 from __future__ import annotations
@@ -92,12 +102,19 @@ import argparse
 import asyncio
 import concurrent.futures
 import logging
+import math
 import socket
 import sys
 import threading
 
 from simulators import common
-from simulators.opcua_sim import APPLICATION_URI, CLIENT_APPLICATION_URI, NAME, WEAKNESSES
+from simulators.opcua_sim import (
+    APPLICATION_URI,
+    CLIENT_APPLICATION_URI,
+    HELLO_TIMEOUT_S,
+    NAME,
+    WEAKNESSES,
+)
 from simulators.opcua_sim import certs as certs_mod
 
 
@@ -111,6 +128,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auditing", choices=("on", "off"), default="on",
                         help="'off': Server.Auditing reads False and no audit event is "
                              "generated (a device without auditing; not a weakness)")
+    parser.add_argument("--hello-timeout-s", type=float, default=HELLO_TIMEOUT_S,
+                        help="seconds a connection has to send its Hello and open its secure "
+                             "channel (hardened)")
 
 
 class _StopSignal:
@@ -155,6 +175,9 @@ def _check_port_free(host: str, port: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the simulator until SIGTERM; return the exit status."""
     args = common.parse_args(NAME, WEAKNESSES, argv, add_arguments=_add_arguments)
+    hello = float(args.extra["hello_timeout_s"])
+    if not (hello > 0 and math.isfinite(hello)):
+        common.fail(NAME, f"--hello-timeout-s must be a finite number > 0, got {hello:g}")
     stop = _StopSignal()
     common.install_stop_handler(stop.request)
     _check_port_free(args.host, args.port)

@@ -1,11 +1,12 @@
 """SSH simulator: a PLC's management shell over SSH (paramiko server, one thread per connection).
 
 ``python -m simulators.ssh [--host H] [--port P] [--posture hardened|weak] [--weakness NAME]...
-[--config FILE.json] [--state-dir D] [--scan-period-ms N]``
+[--config FILE.json] [--state-dir D] [--scan-period-ms N] [--login-grace-s S]``
 
 Ready line endpoints::
 
     {"ssh": {"host": H, "port": P,
+             "login_grace_s": S,                          # None with ssh.no_login_grace
              "host_key_fingerprint": "SHA256:...",        # the preferred host key
              "host_key_fingerprints": {"ssh-ed25519": "SHA256:...", ...},  # by key type
              "client_key": "/state/dir/ssh_client_ed25519"}}  # private key, OpenSSH format
@@ -30,8 +31,13 @@ Hardened posture
   (SSH_OPEN_ADMINISTRATIVELY_PROHIBITED) and is disconnected within about a second.
 - A connection with no channel input for ``config.idle_timeout_s`` seconds gets
   ``idle timeout, logged out`` on its shell channels and is disconnected (0 disables).
-- Robustness: at most 32 connections may be in the handshake/auth phase and 64 in total; extra
-  connections are closed at once. A connection must authenticate within 20 s.
+- Robustness: at most ``min(32, config.connection_limit)`` connections may be in the
+  handshake/auth phase (like sshd MaxStartups) and 64 in total; extra connections are closed at
+  once. Login grace (like sshd LoginGraceTime, counted from the connect): a connection must
+  complete its identification line and key exchange within ``--login-grace-s`` (default
+  :data:`LOGIN_GRACE_S`, 2 s: both take milliseconds on a LAN; trickling bytes of an
+  unfinished identification line does not extend it) and authenticate within
+  :data:`AUTH_GRACE_S` (20 s); else it is disconnected.
 - Channels: ``session`` only (at most 4 per connection), with ``shell`` (prompt ``plc> ``,
   see :mod:`simulators.shell`; echo when a pty was requested) and ``exec`` (one shell command;
   exit status 0, or 1 when the command failed).
@@ -57,15 +63,22 @@ Weaknesses
     factory defaults ``admin/admin`` and ``root/root`` are accepted.
 ``ssh.no_lockout``, ``ssh.no_banner``, ``ssh.no_session_limit``, ``ssh.no_idle_timeout``
     switch off lockout, the banner, the session limit, the idle timeout.
+``ssh.no_login_grace``
+    no login grace timer at all: a connection that never finishes its identification line,
+    key exchange or authentication is kept for as long as the client holds it, so a few
+    held pre-auth connections fill the handshake cap and every fresh client is closed at once
+    (slowloris).
 ``load.fragile``
     every new TCP connection counts against the PLC's fragile threshold.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import select
 import socket
@@ -100,6 +113,7 @@ WEAKNESSES = (
     "ssh.no_banner",
     "ssh.no_session_limit",
     "ssh.no_idle_timeout",
+    "ssh.no_login_grace",
     "load.fragile",
 )
 
@@ -109,8 +123,11 @@ MAX_STARTUPS = 32
 MAX_CONNECTIONS = 64
 #: Session channels allowed per connection.
 MAX_CHANNELS_PER_CONNECTION = 4
-#: Seconds a connection has to authenticate (like sshd LoginGraceTime).
-LOGIN_GRACE_S = 20.0
+#: Seconds a connection has, from its connect, to complete its identification line and key
+#: exchange (``--login-grace-s``; like sshd LoginGraceTime, for the unauthenticated phase).
+LOGIN_GRACE_S = 2.0
+#: Seconds a connection has, from its connect, to authenticate.
+AUTH_GRACE_S = 20.0
 #: Seconds an over-limit connection is kept before it is disconnected.
 OVER_LIMIT_GRACE_S = 0.5
 #: Housekeeping period of the reaper thread.
@@ -444,6 +461,12 @@ class SSHSimulator:
     def __init__(self, args: SimArgs, plc: PLC, keys: Keys) -> None:
         self.args = args
         self.config = args.config
+        #: Seconds to finish identification and key exchange; None: no login grace timer.
+        self.login_grace_s: float | None = (
+            None if args.has("ssh.no_login_grace")
+            else float(args.extra.get("login_grace_s", LOGIN_GRACE_S)))
+        #: Connections allowed in the handshake/authentication phase at once.
+        self.max_startups = min(MAX_STARTUPS, self.config.connection_limit)
         self.plc = plc
         self.keys = keys
         self.algorithms = algorithm_set(args.has("ssh.weak_algorithms"))
@@ -473,6 +496,7 @@ class SSHSimulator:
         return {"ssh": {
             "host": host,
             "port": port,
+            "login_grace_s": self.login_grace_s,
             "host_key_fingerprint": self.keys.host_keys[0].fingerprint,
             "host_key_fingerprints": {k.get_name(): k.fingerprint for k in self.keys.host_keys},
             "client_key": self.keys.client_key_path,
@@ -603,7 +627,7 @@ class SSHSimulator:
         with self.lock:
             self._prune_locked()
             pending = sum(1 for c in self._conns if not c.transport.is_authenticated())
-            full = pending >= MAX_STARTUPS or len(self._conns) >= MAX_CONNECTIONS
+            full = pending >= self.max_startups or len(self._conns) >= MAX_CONNECTIONS
         if full or self.stopping.is_set():
             _close_socket(sock)
             return
@@ -635,6 +659,7 @@ class SSHSimulator:
     def _reap_loop(self) -> None:
         idle_s = self.policy.idle_timeout_s
         idle_enabled = idle_s > 0
+        grace_s = self.login_grace_s
         while not self.stopping.wait(REAPER_PERIOD_S):
             now = time.monotonic()
             to_close: list[tuple[_Connection, str | None]] = []
@@ -643,7 +668,10 @@ class SSHSimulator:
                 conns = list(self._conns)
             for conn in conns:
                 if not conn.transport.is_authenticated():
-                    if now - conn.started > LOGIN_GRACE_S:
+                    if grace_s is not None and (
+                            now - conn.started > AUTH_GRACE_S
+                            or (now - conn.started > grace_s
+                                and not conn.transport.initial_kex_done)):
                         to_close.append((conn, None))
                     continue
                 self.take_slot(conn)
@@ -709,9 +737,22 @@ def _quiet_paramiko() -> None:
     logger.setLevel(logging.CRITICAL + 1)
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--login-grace-s S``."""
+    parser.add_argument(
+        "--login-grace-s",
+        type=float,
+        default=LOGIN_GRACE_S,
+        help="seconds a connection has to finish its identification and key exchange",
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the SSH simulator until SIGTERM or SIGINT."""
-    args = common.parse_args(NAME, WEAKNESSES, argv)
+    args = common.parse_args(NAME, WEAKNESSES, argv, add_arguments=add_arguments)
+    grace = float(args.extra["login_grace_s"])
+    if not (grace > 0 and math.isfinite(grace)):
+        common.fail(NAME, f"--login-grace-s must be a finite number > 0, got {grace:g}")
     _quiet_paramiko()
     fragile = (FragileConfig(args.config.fragile_threshold_rps, args.config.fragile_recovery_s)
                if args.has("load.fragile") else None)

@@ -24,6 +24,7 @@ WEAKNESSES = (
     "opcua.no_lockout",
     "opcua.user_enumeration",
     "opcua.no_audit",
+    "opcua.no_hello_timeout",
     "load.fragile",
 )
 
@@ -33,5 +34,11 @@ APPLICATION_URI = "urn:harness:simulator:opcua"
 CLIENT_APPLICATION_URI = "urn:harness:client"
 #: Namespace of the process-image nodes.
 NAMESPACE_URI = "urn:harness:simulator:plc"
+#: Seconds a connection has, from its connect, to send a complete Hello and open its secure
+#: channel (``--hello-timeout-s``); both take milliseconds on a LAN.
+HELLO_TIMEOUT_S = 2.0
+#: Connections allowed at once that have not opened their secure channel yet (at most; the
+#: config's ``connection_limit`` lowers it).
+MAX_STARTUPS = 32
 #: Path part of the endpoint URL.
 ENDPOINT_PATH = "/harness/plc"

@@ -15,6 +15,10 @@ asyncua 2.1 does most of the protocol; this module adds what a hardened device n
   connection cap answering BadMaxConnectionsReached; the simulator counts its own sessions and
   answers BadTooManySessions at CreateSession. The idle timeout uses asyncua's own watchdog with
   the server's minimum and maximum session timeout both set from the config.
+- **Connection start-up** (:class:`_Protocol`): asyncua waits for a Hello for ever and caps
+  only the total number of connections; the simulator caps the connections without a secure
+  channel (closed at once beyond it) and closes a connection whose Hello and OpenSecureChannel
+  have not both arrived within the Hello timeout (a slowloris defence).
 - **Refused security policies** (:class:`_Processor`): asyncua ignores an OpenSecureChannel
   for a policy it does not offer, and the client waits for its timeout; the simulator answers
   with an Error message, BadSecurityPolicyRejected, and closes the connection, as the
@@ -68,6 +72,8 @@ from simulators.opcua_sim import (
     APPLICATION_URI,
     CLIENT_APPLICATION_URI,
     ENDPOINT_PATH,
+    HELLO_TIMEOUT_S,
+    MAX_STARTUPS,
     NAME,
     NAMESPACE_URI,
 )
@@ -479,17 +485,64 @@ class _Processor(UaProcessor):
 
 
 class _Protocol(OPCUAProtocol):
-    """One client connection, processed by :class:`_Processor`."""
+    """One client connection, processed by :class:`_Processor`, with the start-up cap and the
+    Hello timeout."""
 
     def __init__(self, sim: OpcuaPlc, **kwargs: Any) -> None:
         self.sim = sim
         super().__init__(**kwargs)
+        self._hello_timer: asyncio.TimerHandle | None = None
+        #: ``opcua.no_hello_timeout``: asyncua's activation watchdog waits for the first
+        #: complete message.
+        self._watchdog_deferred = False
+
+    def channel_open(self) -> bool:
+        """True once the connection has opened its secure channel."""
+        processor = self.processor
+        # ``_connection``: asyncua's SecureConnection of this processor
+        return processor is not None and bool(processor._connection.is_open())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.sim.plc.note_request()  # a connection costs a fragile device as a request does
+        starting = sum(1 for c in self.clients if not (isinstance(c, _Protocol)
+                                                       and c.channel_open()))
+        if starting >= self.sim.max_startups:
+            self.peer_name = transport.get_extra_info("peername")
+            self.sim.startups_refused += 1
+            transport.close()  # processor stays None: connection_lost has nothing to undo
+            return
         super().connection_made(transport)
-        if self.processor is not None:  # None when refused at asyncua's connection cap
-            self.processor = _Processor(self.sim, self.iserver, self.transport, self.limits)
-            self.processor.set_policies(self.policies)
+        if self.processor is None:  # None when refused at asyncua's connection cap
+            return
+        self.processor = _Processor(self.sim, self.iserver, self.transport, self.limits)
+        self.processor.set_policies(self.policies)
+        timeout = self.sim.hello_timeout_s
+        if timeout is not None:
+            self._hello_timer = asyncio.get_running_loop().call_later(timeout,
+                                                                      self._hello_expired)
+        elif self._activation_watchdog_task is not None:
+            self._activation_watchdog_task.cancel()
+            self._activation_watchdog_task = None
+            self._watchdog_deferred = True
+
+    def _hello_expired(self) -> None:
+        self._hello_timer = None
+        if self.transport is not None and not self.channel_open():
+            self.sim.hello_timeouts += 1
+            self.transport.close()
+
+    async def _process_one_msg(self, header: Any, buf: Any) -> bool:
+        if self._watchdog_deferred:
+            self._watchdog_deferred = False
+            self._activation_watchdog_task = asyncio.create_task(self._activation_watchdog())
+        return bool(await super()._process_one_msg(header, buf))
+
+    def connection_lost(self, ex: BaseException | None) -> None:
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
+        self._watchdog_deferred = False
+        super().connection_lost(ex)
 
 
 class _BinaryServer(BinaryServer):
@@ -552,6 +605,15 @@ class OpcuaPlc:
         self._audit_tasks: set[asyncio.Task[None]] = set()
         self.session_limit: int | None = (None if has("opcua.no_session_limit")
                                           else self.config.session_limit)
+        #: Seconds to send a complete Hello and open the secure channel; None: no timeout.
+        self.hello_timeout_s: float | None = (
+            None if has("opcua.no_hello_timeout")
+            else float(args.extra.get("hello_timeout_s", HELLO_TIMEOUT_S)))
+        #: Connections allowed at once without a secure channel.
+        self.max_startups = min(MAX_STARTUPS, self.config.connection_limit)
+        #: Connections closed by the Hello timeout, and refused beyond the start-up cap.
+        self.hello_timeouts = 0
+        self.startups_refused = 0
         self.lockout = common.Lockout(self.config.lockout_threshold,
                                       self.config.lockout_duration_s,
                                       enabled=not has("opcua.no_lockout"))
@@ -792,6 +854,7 @@ class OpcuaPlc:
             "client_key": certs.paths["client_key"],
             "ca_cert": certs.paths["ca_cert"],
             "ca_key": certs.paths["ca_key"],
+            "hello_timeout_s": self.hello_timeout_s,
             "nodes": {
                 "heartbeat": node("PLC.Heartbeat"),
                 "setpoint": node("PLC.Setpoint"),

@@ -16,6 +16,8 @@ import json
 import os
 import selectors
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -65,7 +67,7 @@ WEAKNESSES = (
     "opcua.policy_none", "opcua.deprecated_policies", "opcua.weak_server_cert",
     "opcua.anonymous", "opcua.accepts_untrusted_certs", "opcua.no_authz",
     "opcua.no_session_limit", "opcua.no_session_timeout", "opcua.no_lockout",
-    "opcua.user_enumeration", "opcua.no_audit", "load.fragile",
+    "opcua.user_enumeration", "opcua.no_audit", "opcua.no_hello_timeout", "load.fragile",
 )
 
 SECURE_ENDPOINTS = [
@@ -101,6 +103,7 @@ HARDENED: dict[str, Any] = {
     "auditing_flag": True,
     "failed_login_audit": ("AuditActivateSessionEventType", False, ADMIN[0],
                            "BadUserAccessDenied"),
+    "unfinished_hello": "closed",
 }
 
 #: The observations each weakness changes, with their values on the weak server.
@@ -124,6 +127,7 @@ CHANGES: dict[str, dict[str, Any]] = {
     "opcua.no_lockout": {"locked_login": "Good"},
     "opcua.user_enumeration": {"unknown_user_login": "BadIdentityTokenInvalid"},
     "opcua.no_audit": {"failed_login_audit": None},
+    "opcua.no_hello_timeout": {"unfinished_hello": "kept"},
     "load.fragile": {"heartbeat_after_flood": "stalled"},
 }
 #: Seconds a probe waits for the audit event of a refused login.
@@ -434,6 +438,7 @@ def audit_summary(fields: dict[str, Any] | None) -> tuple[str, bool, str, str] |
 async def probe(ep: dict[str, Any], certs: dict[str, tuple[str, str]]) -> dict[str, Any]:
     """Every observation of :data:`HARDENED`, made against one server, in a fixed order."""
     seen: dict[str, Any] = {}
+    held = asyncio.create_task(unfinished_hello(ep))
     discovery = Client(ep["url"], timeout=REQUEST_TIMEOUT_S)
     endpoints = await discovery.connect_and_get_server_endpoints()
     seen["endpoints"] = sorted((policy_name(e.SecurityPolicyUri), e.SecurityMode.name)
@@ -501,7 +506,40 @@ async def probe(ep: dict[str, Any], certs: dict[str, tuple[str, str]]) -> dict[s
         await asyncio.sleep(0.3)
         second_beat = await heartbeat.read_value()
         seen["heartbeat_after_flood"] = "advances" if second_beat != first_beat else "stalled"
+    seen["unfinished_hello"] = await held
     return seen
+
+
+def hello(url: str) -> bytes:
+    """An OPC UA Hello (OPC 10000-6, 7.1.2.3) for ``url``."""
+    raw = url.encode()
+    body = struct.pack("<IIIIIi", 0, 65536, 65536, 0, 0, len(raw)) + raw
+    return b"HELF" + struct.pack("<I", 8 + len(body)) + body
+
+
+#: Seconds :func:`unfinished_hello` holds its connection: the Hello timeout (2 s) plus slack,
+#: and past the activation timeout (``idle_timeout_s``, 3 s) that must not start before a Hello.
+HOLD_S = 4.0
+
+
+async def unfinished_hello(ep: dict[str, Any]) -> str:
+    """``closed`` when the server closes a connection that sent only the start of a Hello
+    within :data:`HOLD_S`, else ``kept``."""
+    reader, writer = await asyncio.open_connection(ep["host"], ep["port"])
+    try:
+        writer.write(hello(ep["url"])[:6])
+        await writer.drain()
+        try:
+            got = await asyncio.wait_for(reader.read(64), HOLD_S)
+        except TimeoutError:
+            return "kept"
+        return "closed" if got == b"" else f"answered {got!r}"
+    except ConnectionResetError:
+        return "closed"
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 @pytest.fixture(scope="module")
@@ -740,3 +778,76 @@ def test_sigterm_exits_0_and_removes_state(fleet: Fleet,
     proc.send_signal(signal.SIGTERM)  # a repeated SIGTERM must not cut the shutdown short
     assert fleet.stop("opcua.no_lockout", signalled=True) == 0
     assert not state_dir.exists()
+
+
+# -- connection start-up: the cap and the Hello timeout ----------------------------------------
+def _greeted(ep: dict[str, Any]) -> bytes:
+    """The first 4 bytes a fresh Hello gets (b"" when the server closes the connection)."""
+    with socket.create_connection((ep["host"], ep["port"]), timeout=REQUEST_TIMEOUT_S) as sock:
+        try:
+            sock.sendall(hello(ep["url"]))
+            return sock.recv(4)
+        except (ConnectionResetError, BrokenPipeError):
+            return b""
+
+
+def _eventually(predicate: Any, timeout: float = REQUEST_TIMEOUT_S) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _trickle_until_closed(socks: list[socket.socket], seconds: float) -> int:
+    """Trickle one byte every 0.2 s on each socket for at most ``seconds``; return how many
+    the server closed."""
+    open_ = list(socks)
+    deadline = time.monotonic() + seconds
+    while open_ and time.monotonic() < deadline:
+        for sock in list(open_):
+            sock.settimeout(0.02)
+            try:
+                if sock.recv(64) == b"":
+                    open_.remove(sock)
+                    continue
+            except TimeoutError:
+                pass
+            except OSError:
+                open_.remove(sock)
+                continue
+            with contextlib.suppress(OSError):
+                sock.sendall(b"\0")
+        time.sleep(0.2)
+    return len(socks) - len(open_)
+
+
+@pytest.mark.parametrize("weak", [False, True], ids=["hardened", "no_hello_timeout"])
+def test_unfinished_hellos_fill_the_startup_cap(fleet: Fleet, weak: bool) -> None:
+    ep = fleet.events["opcua.no_hello_timeout" if weak else "hardened"]["endpoints"]["opcua"]
+    assert ep["hello_timeout_s"] == (None if weak else 2.0)
+    assert _greeted(ep) == b"ACKF"
+    held = [socket.create_connection((ep["host"], ep["port"]), timeout=REQUEST_TIMEOUT_S)
+            for _ in range(8)]  # the default connection_limit
+    try:
+        for sock in held:
+            sock.sendall(hello(ep["url"])[:6])
+        assert _greeted(ep) == b"", "a ninth connection was served past the start-up cap of 8"
+        closed = _trickle_until_closed(held, 4.0)
+        if weak:
+            assert closed == 0
+            assert _greeted(ep) == b""
+        else:
+            assert closed == len(held)
+            assert _greeted(ep) == b"ACKF"
+    finally:
+        for sock in held:
+            sock.close()
+    assert _eventually(lambda: _greeted(ep) == b"ACKF")
+
+
+def test_hello_timeout_must_be_positive(start_simulator: Any) -> None:
+    event, rc = start_simulator.expect_error("opcua", "--hello-timeout-s", "-1")
+    assert rc == 2
+    assert event is not None and "--hello-timeout-s" in event["message"], event

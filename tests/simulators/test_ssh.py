@@ -604,6 +604,85 @@ def test_connection_storm_is_bounded_and_service_survives(start_simulator: Any) 
     assert start_simulator.stderr(event) == ""  # failed handshakes are not logged to stderr
 
 
+def _held_handshake(ep: dict[str, Any]) -> socket.socket:
+    """A connection that read the server's identification and sent an unfinished one."""
+    sock = socket.create_connection((ep["host"], ep["port"]), timeout=TIMEOUT_S)
+    assert sock.recv(64).startswith(b"SSH-2.0-")
+    sock.sendall(b"SSH-2.0-")
+    return sock
+
+
+def _closed_while_trickling(sock: socket.socket, seconds: float) -> bool:
+    """Trickle one byte every 0.2 s for at most ``seconds``; True once the server closed."""
+    deadline = time.monotonic() + seconds
+    sock.settimeout(0.2)
+    while time.monotonic() < deadline:
+        try:
+            if sock.recv(64) == b"":
+                return True
+        except TimeoutError:
+            pass
+        try:
+            sock.sendall(b"x")
+        except OSError:
+            return True
+    return False
+
+
+def _greeted(ep: dict[str, Any]) -> bytes:
+    """What a fresh connection receives first (b"" when the server closes it at once)."""
+    with socket.create_connection((ep["host"], ep["port"]), timeout=TIMEOUT_S) as sock:
+        try:
+            return sock.recv(64)
+        except ConnectionResetError:
+            return b""
+
+
+def test_login_grace_drops_unfinished_handshakes_only(start_simulator: Any,
+                                                      tmp_path: Path) -> None:
+    config = write_config(tmp_path, connection_limit=2)
+    event = start_simulator("ssh", "--config", config, "--login-grace-s", "0.5")
+    ep = event["endpoints"]["ssh"]
+    assert ep["login_grace_s"] == 0.5
+    held = [_held_handshake(ep), _held_handshake(ep)]
+    try:
+        assert _greeted(ep) == b"", "a third handshake was allowed past a cap of 2"
+        assert all(_closed_while_trickling(sock, TIMEOUT_S) for sock in held)
+    finally:
+        for sock in held:
+            sock.close()
+    assert eventually(lambda: _greeted(ep).startswith(b"SSH-2.0-"))
+    # a finished key exchange is out of the grace: it stays to authenticate
+    with transport(ep) as t:
+        time.sleep(1.0)
+        assert t.is_active()
+        t.auth_password(*VIEWER)
+        assert t.is_authenticated()
+
+
+def test_no_login_grace_lets_held_handshakes_lock_clients_out(start_simulator: Any,
+                                                              tmp_path: Path) -> None:
+    config = write_config(tmp_path, connection_limit=2)
+    event = start_simulator("ssh", "--config", config, "--login-grace-s", "0.3",
+                            "--weakness", "ssh.no_login_grace")
+    ep = event["endpoints"]["ssh"]
+    assert ep["login_grace_s"] is None
+    held = [_held_handshake(ep), _held_handshake(ep)]
+    try:
+        assert not any(_closed_while_trickling(sock, 1.5) for sock in held)
+        assert _greeted(ep) == b"", "a fresh client was served while the cap was held"
+    finally:
+        for sock in held:
+            sock.close()
+    assert eventually(lambda: _greeted(ep).startswith(b"SSH-2.0-"))
+
+
+def test_login_grace_must_be_positive(start_simulator: Any) -> None:
+    event, rc = start_simulator.expect_error("ssh", "--login-grace-s", "0")
+    assert rc == 2
+    assert event is not None and "--login-grace-s" in event["message"], event
+
+
 def test_fragile_plc_stalls_under_a_connection_burst(start_simulator: Any,
                                                      tmp_path: Path) -> None:
     config = write_config(tmp_path, fragile_threshold_rps=20, fragile_recovery_s=3.0)
@@ -656,6 +735,7 @@ EXPECTED_DIFFERENCES = {
     "ssh.no_lockout": set(),
     "ssh.no_session_limit": set(),
     "ssh.no_idle_timeout": set(),
+    "ssh.no_login_grace": set(),
     "load.fragile": set(),
 }
 

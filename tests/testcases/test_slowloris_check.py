@@ -6,6 +6,11 @@ connection-limit check runs beside it and PASSES on both (the weakness trips onl
 check). With a load-duration cap too short to see the bound pass, the check cannot decide:
 ERROR. The generator's ``probe`` hook is tested against a simulator process with short
 timeouts.
+
+The SSH and OPC UA checks (:mod:`testcases.fr7.test_cr7_2_slowloris_ssh`,
+:mod:`testcases.fr7.test_cr7_2_slowloris_opcua`, on the same :mod:`harness.load.slowloris`
+core) FAIL on a lab with ``ssh.no_login_grace`` / ``opcua.no_hello_timeout`` alone and PASS on
+the hardened one.
 """
 
 from __future__ import annotations
@@ -182,3 +187,105 @@ def test_hold_connections_probes_fresh_clients(simulator: Callable[..., dict[str
         assert outcomes[0] is False, "the device was not full when the hold was established"
         assert True in outcomes, "no fresh client got in after the held connections were freed"
         assert outcomes.index(True) > 0
+
+
+# --------------------------------------------------------------------------- the SSH check
+SSH_SLOWLORIS = "test_ssh_drops_connections_held_before_key_exchange"
+SSH_WEAKNESS = "ssh.no_login_grace"
+
+
+def _check_evidence(run: Any, name: str) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """The ``judgement`` note and the ``slowloris-events.csv`` rows of check ``name``."""
+    (check,) = run.checks(f"::{name}")
+    notes = [o["data"] for o in check["observations"] if o.get("summary") == "judgement"]
+    assert notes, f"no judgement note in {check['observations'][-5:]}"
+    paths = [run.out / p for p in check["evidence"] if p.endswith("slowloris-events.csv")]
+    assert paths, f"no event timeline in {check['evidence']}"
+    with paths[0].open(encoding="utf-8") as fh:
+        return notes[-1], list(csv.DictReader(fh))
+
+
+def test_ssh_hardened_drops_held_handshakes_and_serves_fresh_clients(
+        lab: Callable[..., Any], run_harness: Callable[..., Any]) -> None:
+    running = lab(["ssh"])
+    run = run_harness(running.profile_path, k=SSH_SLOWLORIS)
+    assert run.verdict(SSH_SLOWLORIS) == "PASS", run.reason(SSH_SLOWLORIS) + _explain(run)
+    assert run.code == 0
+    got, events = _check_evidence(run, SSH_SLOWLORIS)
+    # the held handshakes filled the simulator's cap (more were closed at once), the grace
+    # timer closed the others, and fresh clients were served once they were gone
+    assert got["accepted"] == got["held_requested"] > 0
+    assert got["closed_at_once"] > 0
+    assert got["freed_in_time"] and all(s <= got["bound_s"] for s in got["freed_in_time"])
+    assert got["kept_open"] == [] and got["freed_late"] == []
+    assert got["fresh_served"] > 0 and got["fresh_refused_past_bound"] == 0
+    assert got["served_after_hold"] is True
+    names = [e["event"] for e in events]
+    first_served = names.index("fresh client served")
+    assert "fresh client refused" in names[:first_served], "the hold never filled the device"
+    served = next(e for e in events if e["event"] == "fresh client served")
+    assert served["detail"].startswith("identification SSH-2.0-")
+
+
+def test_ssh_no_login_grace_fails(lab: Callable[..., Any],
+                                  run_harness: Callable[..., Any]) -> None:
+    running = lab(["ssh"], weaknesses=[SSH_WEAKNESS])
+    run = run_harness(running.profile_path, k=SSH_SLOWLORIS)
+    assert run.verdict(SSH_SLOWLORIS) == "FAIL", run.reason(SSH_SLOWLORIS) + _explain(run)
+    assert run.code == 1
+    reason = run.reason(SSH_SLOWLORIS)
+    assert reason.startswith("under held pre-handshake SSH connections")
+    assert "an unfinished identification line" in reason
+    assert "fresh clients were still refused" in reason
+    got, events = _check_evidence(run, SSH_SLOWLORIS)
+    assert got["kept_open"] and all(s > got["bound_s"] for s in got["kept_open"])
+    assert got["freed_in_time"] == []
+    assert got["fresh_served"] == 0 and got["fresh_refused_past_bound"] > 0
+    assert got["served_after_hold"] is True  # the device recovers once the holder leaves
+    during = {e["event"] for e in events if e["event"].startswith("fresh client")}
+    assert during == {"fresh client refused"}
+
+
+# --------------------------------------------------------------------------- the OPC UA check
+OPCUA_SLOWLORIS = "test_opcua_drops_connections_held_before_hello"
+OPCUA_WEAKNESS = "opcua.no_hello_timeout"
+
+
+def test_opcua_hardened_drops_held_hellos_and_serves_fresh_clients(
+        lab: Callable[..., Any], run_harness: Callable[..., Any]) -> None:
+    running = lab(["opcua"])
+    run = run_harness(running.profile_path, k=OPCUA_SLOWLORIS)
+    assert run.verdict(OPCUA_SLOWLORIS) == "PASS", run.reason(OPCUA_SLOWLORIS) + _explain(run)
+    assert run.code == 0
+    got, events = _check_evidence(run, OPCUA_SLOWLORIS)
+    assert got["accepted"] == got["held_requested"] > 0
+    assert got["closed_at_once"] > 0
+    assert got["freed_in_time"] and all(s <= got["bound_s"] for s in got["freed_in_time"])
+    assert got["kept_open"] == [] and got["freed_late"] == []
+    assert got["fresh_served"] > 0 and got["fresh_refused_past_bound"] == 0
+    assert got["monitor_ok"] is True and got["served_after_hold"] is True
+    names = [e["event"] for e in events]
+    first_served = names.index("fresh client served")
+    assert "fresh client refused" in names[:first_served], "the hold never filled the device"
+    assert names.index("closed by the device (timed out)") < first_served
+    served = next(e for e in events if e["event"] == "fresh client served")
+    assert served["detail"] == "answered b'ACKF'"
+
+
+def test_opcua_no_hello_timeout_fails(lab: Callable[..., Any],
+                                      run_harness: Callable[..., Any]) -> None:
+    running = lab(["opcua"], weaknesses=[OPCUA_WEAKNESS])
+    run = run_harness(running.profile_path, k=OPCUA_SLOWLORIS)
+    assert run.verdict(OPCUA_SLOWLORIS) == "FAIL", run.reason(OPCUA_SLOWLORIS) + _explain(run)
+    assert run.code == 1
+    reason = run.reason(OPCUA_SLOWLORIS)
+    assert reason.startswith("under held pre-Hello OPC UA connections")
+    assert "the rest of an unfinished Hello" in reason
+    assert "fresh clients were still refused" in reason
+    got, events = _check_evidence(run, OPCUA_SLOWLORIS)
+    assert got["kept_open"] and all(s > got["bound_s"] for s in got["kept_open"])
+    assert got["freed_in_time"] == []
+    assert got["fresh_served"] == 0 and got["fresh_refused_past_bound"] > 0
+    assert got["served_after_hold"] is True  # the device recovers once the holder leaves
+    during = {e["event"] for e in events if e["event"].startswith("fresh client")}
+    assert during == {"fresh client refused"}
