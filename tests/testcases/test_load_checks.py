@@ -124,11 +124,15 @@ def test_network_checks_fail_on_a_fragile_stack(lab: Callable[..., Any],
 
 
 # --------------------------------------------------------------------------- port inventory
+#: Packet-rate cap of the inventory runs (the scan's pace).
+SCAN_RATE = 5000
+
 def _inventory_run(lab: Callable[..., Any], run_harness: Callable[..., Any],
                    write_profile: Callable[..., Path], weaknesses: list[str]) -> dict[str, Any]:
     running = lab(["modbus_tcp"], weaknesses=weaknesses)
-    # 65535 ports in about 7 s on loopback (the bound is 2 x ports / rate + slack)
-    run = run_harness(_short_profile(running, write_profile, max_packet_rate=10000),
+    # 65535 ports in about 13 s on loopback; the scan's bound (2 x ports / rate + slack, 32 s)
+    # leaves room for a host the other test workers keep busy
+    run = run_harness(_short_profile(running, write_profile, max_packet_rate=SCAN_RATE),
                       k="port_inventory")
     (check,) = run.checks("::test_no_undeclared_open_ports")
     return dict(check)
@@ -163,7 +167,7 @@ def test_port_inventory_judges_udp_against_the_declared_udp_ports(
     running = lab(["modbus_tcp"])
     data = running.profile()
     host = data["interfaces"]["modbus_tcp"]["host"]
-    data["safety"].update({"max_load_duration_s": 1.5, "max_packet_rate": 10000})
+    data["safety"].update({"max_load_duration_s": 1.5, "max_packet_rate": SCAN_RATE})
     stop = threading.Event()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as responder:
         responder.bind((host, 47808))
