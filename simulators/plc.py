@@ -90,7 +90,36 @@ class ProcessImage:
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
-class PLC:
+class Worker:
+    """A daemon thread that runs :meth:`_run` until :meth:`stop`: the base of the scan cycle and
+    of the packet sniffers (:mod:`simulators.fragile_net`). :meth:`_run` polls ``self._stop``.
+
+    :param name: the thread's name.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to stop and wait for it (at most 2 s)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            self._thread = None
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class PLC(Worker):
     """A process image plus a scan-cycle thread.
 
     :param scan_period_s: scan period in seconds (default 10 ms).
@@ -108,6 +137,7 @@ class PLC:
     ) -> None:
         if scan_period_s <= 0:
             raise ValueError(f"scan_period_s must be > 0, got {scan_period_s}")
+        super().__init__("plc-scan")
         self.scan_period_s = scan_period_s
         self.fragile = fragile
         self.torn_reads = torn_reads
@@ -120,8 +150,6 @@ class PLC:
         #: With ``torn_reads``: the high word the next scan publishes (this scan's, one late).
         self._pending_clock_high = 0
         self._level = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._requests: deque[float] = deque()
         self._req_lock = threading.Lock()
         self._starved_until = 0.0
@@ -212,18 +240,10 @@ class PLC:
             self._stop.wait(delay)
 
     def start(self) -> None:
-        """Start the scan-cycle thread (idempotent)."""
+        """Run one scan, then start the scan-cycle thread (idempotent)."""
         if self._thread is None:
             self.scan()
-            self._thread = threading.Thread(target=self._run, name="plc-scan", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the scan cycle and wait for the thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-            self._thread = None
+            super().start()
 
     # -- helpers for protocol front ends --------------------------------------------
     @staticmethod

@@ -23,7 +23,10 @@ What every generator shares lives here and imports nothing heavy:
   The monitor process sets it on abort; generators poll it in their loops, so the load stops
   within one loop iteration, with no thread or pipe in the way;
 - :class:`LoadResult`: what a generator did (sent, answered, errors, achieved rate, why it
-  stopped) and its time series for the evidence.
+  stopped) and its time series for the evidence;
+- :func:`why_stop`: the three bounds of a sending loop checked in one call;
+- :class:`~harness.load.pool.ConnectionPool` (in :mod:`harness.load.pool`): the selector-driven
+  connections under the Modbus/TCP and OPC UA floods.
 
 Every loop that sends traffic here is bounded three ways: a deadline (at most the profile's
 ``max_load_duration_s``), an optional count, and the stop flag.
@@ -334,6 +337,22 @@ class Series:
             rows.append([round(index * BUCKET_S, 3), 0, 0])
         rows[-1][1] += sent
         rows[-1][2] += answered
+
+
+def why_stop(
+    stop: Stoppable, now: float, deadline: float, done: int = 0, limit: int | None = None
+) -> str | None:
+    """Why a bounded loop must end now, in this order: ``"abort"`` (``stop`` is set),
+    ``"duration"`` (``now`` reached ``deadline``), ``"count"`` (``done`` reached ``limit``);
+    None while it may go on. One call per loop iteration (per batch, not per event).
+    """
+    if stop.is_set():
+        return "abort"
+    if now >= deadline:
+        return "duration"
+    if limit is not None and done >= limit:
+        return "count"
+    return None
 
 
 def open_tcp(address: str, port: int, timeout_s: float) -> socket.socket:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from harness.load import LoadResult, NeverStop, Pacer, Series, Stoppable
+from harness.load import LoadResult, NeverStop, Pacer, Series, Stoppable, why_stop
 
 if TYPE_CHECKING:
     from harness.safety import Guard
@@ -84,13 +84,9 @@ def connect_storm(host: str, port: int, *, guard: Guard, rate: float, duration_s
     sent = established = refused = failed = 0
     while True:
         now = time.monotonic()
-        if is_set():
-            reason = "abort"
-            break
-        if now >= deadline:
-            break
-        if sent >= limit:
-            reason = "count"
+        stopped = why_stop(stop, now, deadline, sent, limit)
+        if stopped is not None:
+            reason = stopped
             break
         n = pacer.take(min(64, limit - sent))
         if n == 0:
@@ -184,10 +180,9 @@ def hold_connections(host: str, port: int, *, guard: Guard, count: int, connecti
     try:
         while True:
             now = time.monotonic()
-            if stop.is_set():
-                reason = "abort"
-                break
-            if now >= deadline:
+            stopped = why_stop(stop, now, deadline)
+            if stopped is not None:
+                reason = stopped
                 break
             if established is None and result.sent >= count:
                 established = now

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from harness.errors import HarnessError
 from harness.load import LoadResult, Stoppable, is_root
-from harness.load.netflood import UDP_SIZES, paced_send, source_address
+from harness.load.netflood import UDP_SIZES, SocketSender, paced_send, source_address
 
 if TYPE_CHECKING:
     from harness.safety import Guard
@@ -82,7 +82,7 @@ def broadcast_frames(src_mac: str, src_ip: str, *, count: int = L2_VARIANTS,
             for i in range(count)]
 
 
-class L2Sender:
+class L2Sender(SocketSender):
     """A packet socket bound to one declared interface, for prebuilt Ethernet frames.
 
     :param guard: the run's guard (it must allow ``ifname`` and ``host``).
@@ -109,16 +109,6 @@ class L2Sender:
         except OSError:
             self.sock.close()
             raise
-
-    def close(self) -> None:
-        """Close the socket."""
-        self.sock.close()
-
-    def __enter__(self) -> L2Sender:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def flood(self, frames: list[bytes], *, rate: float, duration_s: float,
               max_packets: int | None = None, stop: Stoppable | None = None,

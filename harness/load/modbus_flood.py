@@ -18,7 +18,6 @@ new connections never exceed ``connection_rate``, the whole run (connecting incl
 
 from __future__ import annotations
 
-import contextlib
 import selectors
 import socket
 import time
@@ -26,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from harness.errors import TargetError
-from harness.load import DRAIN_S, LoadResult, NeverStop, Pacer, Series, Stoppable, open_tcp
+from harness.load import DRAIN_S, LoadResult, Pacer, Series, Stoppable, open_tcp, why_stop
+from harness.load.pool import ConnectionPool
 from harness.protocols import mbap
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class _Conn:
     answered: int = 0
 
 
-class ModbusFlood:
+class ModbusFlood(ConnectionPool[_Conn]):
     """A reusable flood over a fixed set of connections (open once, run one or more steps).
 
     :param host: the device (checked by ``guard`` before every connect).
@@ -138,31 +138,19 @@ class ModbusFlood:
             raise ValueError(f"connections must be 1..{MAX_CONNECTIONS}, got {connections}")
         if not 1 <= in_flight <= MAX_IN_FLIGHT:
             raise ValueError(f"in_flight must be 1..{MAX_IN_FLIGHT}, got {in_flight}")
-        self.host = host
-        self.port = port
-        self.guard = guard
-        self.address = guard.check_destination(host, port)
+        super().__init__(host, port, guard=guard, connection_rate=connection_rate,
+                         timeout_s=timeout_s, stop=stop)
         self.unit = unit
         self.pdu = pdu or mbap.read_pdu(3, 0, 1)
         self.adu_size = mbap.MBAP_SIZE + len(self.pdu)
         self.connections = connections
         self.in_flight = in_flight
-        self.timeout_s = timeout_s
-        self.stop = stop or NeverStop()
-        self.conn_pacer = Pacer(connection_rate)
         # One ADU per transaction id, back to back, plus the first in_flight again so that a
         # window that wraps past 65535 is still one slice.
         ring = [mbap.adu(t, unit, self.pdu) for t in range(65536)]
         self._ring = b"".join(ring + ring[:MAX_IN_FLIGHT])
-        self._conns: list[_Conn] = []
-        self._sel = selectors.DefaultSelector()
         self.opened = 0
         self.connect_failures = 0
-
-    @property
-    def target(self) -> str:
-        """``host:port``."""
-        return f"{self.host}:{self.port}"
 
     def sample_request(self) -> bytes:
         """One request as sent (for the evidence)."""
@@ -211,39 +199,7 @@ class ModbusFlood:
             )
         return len(self._conns)
 
-    def _drop(self, conn: _Conn) -> None:
-        with contextlib.suppress(KeyError, ValueError, OSError):
-            self._sel.unregister(conn.sock)
-        with contextlib.suppress(OSError):
-            conn.sock.close()
-        if conn in self._conns:
-            self._conns.remove(conn)
-
-    def close(self) -> None:
-        """Close every connection."""
-        for conn in list(self._conns):
-            self._drop(conn)
-        self._sel.close()
-
-    def __enter__(self) -> ModbusFlood:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # -- one step -----------------------------------------------------------------------
-    def _flush(self, conn: _Conn) -> bool:
-        try:
-            n = conn.sock.send(conn.out)
-        except BlockingIOError:
-            n = 0
-        except OSError:
-            return False
-        del conn.out[:n]
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
-        self._sel.modify(conn.sock, events, conn)
-        return True
-
     def _receive(self, conn: _Conn, result: LoadResult) -> tuple[int, bool]:
         """Read what is there; return (answers parsed, connection still good)."""
         try:
@@ -326,13 +282,9 @@ class ModbusFlood:
         reason = "duration"
         while True:
             now = time.monotonic()
-            if stop.is_set():
-                reason = "abort"
-                break
-            if now >= deadline:
-                break
-            if sent_total >= limit:
-                reason = "count"
+            stopped = why_stop(stop, now, deadline, sent_total, limit)
+            if stopped is not None:
+                reason = stopped
                 break
             sent_now = 0
             for conn in self._conns:

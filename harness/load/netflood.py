@@ -26,10 +26,10 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from harness.errors import HarnessError
-from harness.load import LoadResult, NeverStop, Pacer, Series, Stoppable, is_root
+from harness.load import LoadResult, NeverStop, Pacer, Series, Stoppable, is_root, why_stop
 
 if TYPE_CHECKING:
     from harness.safety import Guard
@@ -140,7 +140,24 @@ def malformed_packets(dst: str, dport: int, *, src: str | None = None) -> list[t
     return out
 
 
-class RawSender:
+class SocketSender:
+    """One socket for prebuilt packets (:attr:`sock`, set by the subclass), closed on exit:
+    the base of :class:`RawSender` and :class:`~harness.load.l2flood.L2Sender`."""
+
+    sock: socket.socket
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RawSender(SocketSender):
     """A raw IPv4 socket for prebuilt packets (``IP_HDRINCL``), guarded.
 
     :raises HarnessError: not root.
@@ -152,16 +169,6 @@ class RawSender:
         self.host = host
         self.address = _ipv4(guard, host)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-
-    def close(self) -> None:
-        """Close the socket."""
-        self.sock.close()
-
-    def __enter__(self) -> RawSender:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def send_one(self, packet: bytes) -> None:
         """Send one packet."""
@@ -200,13 +207,9 @@ def paced_send(sendto: Callable[[bytes, tuple[str, int]], int], dest: tuple[str,
     reason = "duration"
     while True:
         now = time.monotonic()
-        if stop.is_set():
-            reason = "abort"
-            break
-        if now >= deadline:
-            break
-        if result.sent >= limit:
-            reason = "count"
+        stopped = why_stop(stop, now, deadline, result.sent, limit)
+        if stopped is not None:
+            reason = stopped
             break
         n = pacer.take(min(_BATCH, limit - result.sent))
         if n == 0:

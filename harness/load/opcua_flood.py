@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import TargetError
-from harness.load import DRAIN_S, LoadResult, NeverStop, Pacer, Series, Stoppable
+from harness.load import DRAIN_S, LoadResult, NeverStop, Pacer, Series, Stoppable, why_stop
+from harness.load.pool import ConnectionPool
 
 if TYPE_CHECKING:
     from harness.load.monitor import Sample
@@ -571,7 +572,7 @@ class _Conn:
     partial: Response | None = None
 
 
-class UaTcpFlood:
+class UaTcpFlood(ConnectionPool[_Conn]):
     """The non-blocking engine behind :func:`channel_flood` and :func:`session_flood`.
 
     :param mode: ``hello`` (Hello/Acknowledge only), ``channel`` (plus a None channel) or
@@ -591,23 +592,16 @@ class UaTcpFlood:
                              f"got {sessions_per_channel}")
         if mode == "session" and session_rate is None:
             raise ValueError("a session flood needs session_rate")
-        self.host = host
-        self.port = port
-        self.guard = guard
-        self.address = guard.check_destination(host, port)
+        super().__init__(host, port, guard=guard, connection_rate=connection_rate,
+                         timeout_s=timeout_s, stop=stop)
         self.family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
         self.endpoint_url = endpoint_url
         self.mode = mode
         self.concurrency = concurrency
-        self.conn_pacer = Pacer(connection_rate)
         self.session_pacer = Pacer(session_rate) if session_rate is not None else None
         self.sessions_per_channel = sessions_per_channel
         self.anonymous_policy_id = anonymous_policy_id
-        self.timeout_s = timeout_s
-        self.stop = stop or NeverStop()
         self.hello_bytes = hello(endpoint_url)
-        self._sel = selectors.DefaultSelector()
-        self._conns: list[_Conn] = []
         self._handle = 0
         # counters
         self.connects = 0
@@ -626,11 +620,6 @@ class UaTcpFlood:
         self.statuses: dict[int, int] = {}
         self.error_kinds: dict[str, int] = {}
 
-    @property
-    def target(self) -> str:
-        """``host:port``."""
-        return f"{self.host}:{self.port}"
-
     def sample_request(self) -> bytes:
         """The characteristic message of this flood (for the evidence)."""
         if self.mode == "hello":
@@ -648,44 +637,10 @@ class UaTcpFlood:
         self.errors += 1
         self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
 
-    def _drop(self, conn: _Conn) -> None:
-        with contextlib.suppress(KeyError, ValueError, OSError):
-            self._sel.unregister(conn.sock)
-        with contextlib.suppress(OSError):
-            conn.sock.close()
-        if conn in self._conns:
-            self._conns.remove(conn)
-
-    def close(self) -> None:
-        """Close every connection (no goodbye) and the selector."""
-        for conn in list(self._conns):
-            self._drop(conn)
-        self._sel.close()
-
-    def __enter__(self) -> UaTcpFlood:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # -- sending ------------------------------------------------------------------------
     def _send(self, conn: _Conn, data: bytes) -> bool:
         conn.out += data
         return self._flush(conn)
-
-    def _flush(self, conn: _Conn) -> bool:
-        if conn.out:
-            try:
-                n = conn.sock.send(conn.out)
-            except BlockingIOError:
-                n = 0
-            except OSError:
-                return False
-            del conn.out[:n]
-        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
-        with contextlib.suppress(KeyError, ValueError):
-            self._sel.modify(conn.sock, want, conn)
-        return True
 
     def _next_ids(self, conn: _Conn) -> tuple[int, int]:
         conn.sequence += 1
@@ -1122,13 +1077,9 @@ async def _read_flood(client: Any, node: str, result: LoadResult, *, rate: float
     sent = 0
     while True:
         now = time.monotonic()
-        if stop.is_set():
-            reason = "abort"
-            break
-        if now >= deadline:
-            break
-        if sent >= limit:
-            reason = "count"
+        stopped = why_stop(stop, now, deadline, sent, limit)
+        if stopped is not None:
+            reason = stopped
             break
         if counts["lost"]:
             reason = "error"

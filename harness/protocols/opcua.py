@@ -61,13 +61,14 @@ import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
 from harness import pki
 from harness.errors import HarnessError, TargetError
 
 if TYPE_CHECKING:
     from harness.evidence import Evidence
+    from harness.profile import Expectations
     from harness.profile import OpcUa as OpcUaInterface
     from harness.safety import Guard
 
@@ -370,6 +371,43 @@ class Attempt:
     session: UaSession | None = None
     #: Seconds from the TCP connect to the answer.
     elapsed_s: float = 0.0
+
+
+class Attempts(Protocol):
+    """What :func:`right_password_login` needs of a check's OPC UA facade (the ``opcua``
+    fixture, :class:`harness.fixtures.opcua.OpcUa`)."""
+
+    def attempt(self, role: str | None = ..., *, identity: Identity | None = ...,
+                label: str | None = ...) -> Attempt:
+        """One session set-up as an observation (accepted or refused)."""
+        ...
+
+    @property
+    def expectations(self) -> Expectations:
+        """The profile's expectations (``lockout`` among them)."""
+        ...
+
+
+def right_password_login(opcua: Attempts, account: Identity, label: str) -> Attempt:
+    """A login as ``account`` with its right password; if refused, the lockout the profile
+    declares (``expectations.lockout``, when it has a duration) is waited out once and the login
+    tried again.
+
+    :param label: what the login is for (the evidence labels end in ``: right password``).
+    :raises TargetError: the right password was still refused.
+    """
+    result = opcua.attempt(identity=account, label=f"{label}: right password")
+    if result.accepted:
+        return result
+    policy = opcua.expectations.lockout
+    if policy is not None and policy.duration_s > 0:
+        time.sleep(policy.duration_s + max(0.5, 0.1 * policy.duration_s))
+        result = opcua.attempt(identity=account, label=f"{label}: right password (after "
+                                                        "waiting out a lockout)")
+    if not result.accepted:
+        raise TargetError(f"{label}: the right password for {account.describe()} was refused "
+                          f"({result.status} at {result.stage})")
+    return result
 
 
 def policy_name(uri: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -13,7 +12,6 @@ from harness.errors import TargetError
 if TYPE_CHECKING:
     from harness.evidence import Evidence
     from harness.fixtures.opcua import OpcUa
-    from harness.protocols.opcua import Attempt, Identity
 
 pytestmark = pytest.mark.requirement("CR 1.10")
 
@@ -47,10 +45,10 @@ def test_opcua_login_failure_hides_user_existence(opcua: OpcUa, evidence: Eviden
     user). A wrong password or an unknown user that is *accepted* is an ERROR here (it is not
     what this check can judge).
     """
-    from harness.protocols.opcua import Identity
+    from harness.protocols.opcua import Identity, right_password_login
 
     account = opcua.account("lockout_test")
-    _right_password(opcua, account, "control")
+    right_password_login(opcua, account, "control")
     wrong = opcua.attempt(identity=Identity("username", account.username,
                                             f"harness-wrong-{secrets.token_hex(6)}",
                                             label="lockout_test account, wrong password"),
@@ -64,7 +62,7 @@ def test_opcua_login_failure_hides_user_existence(opcua: OpcUa, evidence: Eviden
         raise TargetError(f"a wrong password was accepted for {account.describe()}")
     if unknown.accepted:
         raise TargetError(f"a login as the unknown user {ghost!r} was accepted")
-    _right_password(opcua, account, "clear the failed attempt")
+    right_password_login(opcua, account, "clear the failed attempt")
     same = (wrong.stage, wrong.status) == (unknown.stage, unknown.status)
     evidence.note("judgement", wrong_password={"stage": wrong.stage, "status": wrong.status,
                                                "elapsed_s": wrong.elapsed_s},
@@ -74,19 +72,3 @@ def test_opcua_login_failure_hides_user_existence(opcua: OpcUa, evidence: Eviden
         f"the answer reveals whether a user exists: a wrong password for {account.username!r} "
         f"got {wrong.status} at {wrong.stage}, the unknown user {ghost!r} got {unknown.status} "
         f"at {unknown.stage}")
-
-
-def _right_password(opcua: OpcUa, account: Identity, label: str) -> Attempt:
-    """A login with the right password; waits out a declared lockout once if refused."""
-    result = opcua.attempt(identity=account, label=f"{label}: right password")
-    if result.accepted:
-        return result
-    policy = opcua.expectations.lockout
-    if policy is not None and policy.duration_s > 0:
-        time.sleep(policy.duration_s + max(0.5, 0.1 * policy.duration_s))
-        result = opcua.attempt(identity=account, label=f"{label}: right password (after "
-                                                        "waiting out a lockout)")
-    if not result.accepted:
-        raise TargetError(f"{label}: the right password for {account.describe()} was refused "
-                          f"({result.status} at {result.stage})")
-    return result

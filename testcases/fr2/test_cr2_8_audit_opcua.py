@@ -14,7 +14,7 @@ from harness.verdict import not_applicable
 if TYPE_CHECKING:
     from harness.evidence import Evidence
     from harness.fixtures.opcua import OpcUa
-    from harness.protocols.opcua import Attempt, Identity, UaEvent, UaEventSubscription
+    from harness.protocols.opcua import UaEvent, UaEventSubscription
 
 pytestmark = pytest.mark.requirement("CR 2.8")
 
@@ -74,7 +74,12 @@ def test_opcua_failed_login_is_audited(opcua: OpcUa, evidence: Evidence) -> None
     was accepted. NOT APPLICABLE: auditing off, or no audit-event subscription offered (or
     ``Server.Auditing`` unreadable and no audit event).
     """
-    from harness.protocols.opcua import EVENT_KEEPALIVE_MS, Identity, UaRefused
+    from harness.protocols.opcua import (
+        EVENT_KEEPALIVE_MS,
+        Identity,
+        UaRefused,
+        right_password_login,
+    )
 
     role = next((r for r in SUBSCRIBER_ROLES if getattr(opcua.profile.accounts, r, None)), None)
     if role is None:
@@ -118,7 +123,7 @@ def test_opcua_failed_login_is_audited(opcua: OpcUa, evidence: Evidence) -> None
     alive = sub.alive_since(started) and session.connected
     sub.close()
     session.close()  # before the next login: sessions count against the device's limit
-    _right_password(opcua, account, "clear the failed attempt")
+    right_password_login(opcua, account, "clear the failed attempt")
 
     evidence.note("audit events", before_attempt=[e.to_json() for e in earlier],
                   after_attempt=[e.to_json() for e in later])
@@ -182,19 +187,3 @@ def _summary(events: list[UaEvent]) -> str:
                                    "ClientUserId": e.fields.get("ClientUserId")}
                                   for e in events[:5]]
     return f"{len(events)} other audit events arrived: {seen}"
-
-
-def _right_password(opcua: OpcUa, account: Identity, label: str) -> Attempt:
-    """A login with the right password; waits out a declared lockout once if refused."""
-    result = opcua.attempt(identity=account, label=f"{label}: right password")
-    if result.accepted:
-        return result
-    policy = opcua.expectations.lockout
-    if policy is not None and policy.duration_s > 0:
-        time.sleep(policy.duration_s + max(0.5, 0.1 * policy.duration_s))
-        result = opcua.attempt(identity=account, label=f"{label}: right password (after "
-                                                        "waiting out a lockout)")
-    if not result.accepted:
-        raise TargetError(f"{label}: the right password for {account.describe()} was refused "
-                          f"({result.status} at {result.stage})")
-    return result

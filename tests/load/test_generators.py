@@ -5,6 +5,7 @@ Caps are checked where they matter: on what the (test) device *received*, per on
 
 from __future__ import annotations
 
+import contextlib
 import random
 import select
 import socket
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -51,6 +52,87 @@ def _settle(get: Callable[[], int], target: int, timeout: float = 3.0) -> int:
     while get() < target and time.monotonic() < end:
         time.sleep(0.01)
     return get()
+
+
+def _kernel_time(ancillary: Sequence[tuple[int, int, bytes]]) -> float | None:
+    """The kernel's receive time (``SO_TIMESTAMPNS``) in a ``recvmsg`` answer, or None."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+            sec, nsec = struct.unpack("qq", data[:16])
+            return float(sec + nsec / 1e9)
+    return None
+
+
+@contextlib.contextmanager
+def tripwire(count: Callable[[], int], at: int, clock: Callable[[], float]
+             ) -> Iterator[tuple[StopFlag, list[float]]]:
+    """A stop flag that a thread sets once ``count()`` reaches ``at`` (10 s at most), and the
+    list it puts the moment in (by ``clock``); the flag is closed and the thread joined after
+    the block."""
+    flag = StopFlag()
+    tripped: list[float] = []
+
+    def trip() -> None:
+        end = time.monotonic() + 10
+        while count() < at and time.monotonic() < end:
+            time.sleep(0.001)
+        tripped.append(clock())
+        flag.set()
+
+    th = threading.Thread(target=trip, daemon=True)
+    th.start()
+    try:
+        yield flag, tripped
+    finally:
+        flag.close()
+        th.join(timeout=5)
+
+
+def _read_stamped(sock: socket.socket, stop: threading.Event, size: int,
+                  take: Callable[[float, bytes, Any], None]) -> None:
+    """Until ``stop``: read ``sock`` (it has a short timeout) and hand every packet that has a
+    kernel receive time to ``take(time, data, address)``."""
+    while not stop.is_set():
+        try:
+            data, anc, _flags, addr = sock.recvmsg(size, 64)
+        except TimeoutError:
+            continue
+        stamp = _kernel_time(anc)
+        if stamp is not None:
+            take(stamp, data, addr)
+
+
+@contextlib.contextmanager
+def wire_times(ifname: str, keep: Callable[[bytes, int], bool], *, link_layer: bool = False
+               ) -> Iterator[list[float]]:
+    """Record, while the block runs, the kernel's times of the packets on ``ifname`` (IPv4
+    packets, or whole frames with ``link_layer``) for which ``keep(data, packet_type)`` holds.
+
+    A packet socket read by a thread; ready when the block starts, stopped and closed after it.
+    """
+    proto = 0x0003 if link_layer else 0x0800
+    sniff = socket.socket(socket.AF_PACKET, socket.SOCK_RAW if link_layer else socket.SOCK_DGRAM,
+                          socket.htons(proto))
+    sniff.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    sniff.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    sniff.bind((ifname, 0))
+    sniff.settimeout(0.05)
+    seen: list[float] = []
+    stop = threading.Event()
+
+    def take(stamp: float, data: bytes, addr: Any) -> None:
+        if keep(data, addr[2]):
+            seen.append(stamp)
+
+    th = threading.Thread(target=_read_stamped, args=(sniff, stop, 128, take), daemon=True)
+    th.start()
+    time.sleep(0.1)
+    try:
+        yield seen
+    finally:
+        stop.set()
+        th.join(timeout=5)
+        sniff.close()
 
 
 # --------------------------------------------------------------------------- primitives
@@ -151,24 +233,9 @@ def test_modbus_flood_stops_at_its_duration(fake_plc: Callable[..., Any]) -> Non
 
 def test_modbus_flood_stops_at_once_on_abort(fake_plc: Callable[..., Any]) -> None:
     plc = fake_plc()
-    flag = StopFlag()
-    tripped: list[float] = []
-
-    def trip() -> None:
-        end = time.monotonic() + 10
-        while len(plc.requests) < 200 and time.monotonic() < end:
-            time.sleep(0.001)
-        tripped.append(time.monotonic())
-        flag.set()
-
-    th = threading.Thread(target=trip, daemon=True)
-    th.start()
-    try:
+    with tripwire(lambda: len(plc.requests), 200, time.monotonic) as (flag, tripped):
         result = modbus_flood("127.0.0.1", plc.port, guard=LOOPBACK, rate=2000, duration_s=5.0,
                               connections=2, in_flight=8, stop=flag)
-    finally:
-        flag.close()
-    th.join(timeout=5)
     assert result.stop_reason == "abort"
     assert result.duration_s < 5.0
     time.sleep(0.2)
@@ -304,31 +371,15 @@ def test_udp_probe_tells_open_closed_and_silent(udp_echo: int) -> None:
 
 
 # --------------------------------------------------------------------------- raw sockets
-def _syn_counter(port: int, stop: threading.Event, out: list[float]) -> None:
-    """Count SYNs to ``port`` arriving on lo, with the kernel's receive timestamps."""
-    sniff = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
-    sniff.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    sniff.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-    sniff.bind(("lo", 0))
-    sniff.settimeout(0.05)
-    try:
-        while not stop.is_set():
-            try:
-                data, anc, _flags, addr = sniff.recvmsg(128, 64)
-            except TimeoutError:
-                continue
-            stamp = next((struct.unpack("qq", d[:16]) for lvl, typ, d in anc
-                          if lvl == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS), None)
-            if stamp is None:
-                continue
-            if addr[2] != socket.PACKET_HOST or len(data) < 40 or data[9] != 6:
-                continue
-            ihl = (data[0] & 0x0F) * 4
-            dport, flags = struct.unpack_from(">H", data, ihl + 2)[0], data[ihl + 13]
-            if dport == port and flags & 0x3F == 0x02:
-                out.append(stamp[0] + stamp[1] / 1e9)
-    finally:
-        sniff.close()
+def _syn_to(port: int) -> Callable[[bytes, int], bool]:
+    """For :func:`wire_times`: a TCP SYN to ``port`` arriving on lo."""
+    def keep(data: bytes, kind: int) -> bool:
+        if kind != socket.PACKET_HOST or len(data) < 40 or data[9] != 6:
+            return False
+        ihl = (data[0] & 0x0F) * 4
+        dport, flags = struct.unpack_from(">H", data, ihl + 2)[0], data[ihl + 13]
+        return bool(dport == port and flags & 0x3F == 0x02)
+    return keep
 
 
 @root_only
@@ -339,18 +390,12 @@ def test_syn_flood_never_exceeds_its_rate_on_the_wire() -> None:
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     port = listener.getsockname()[1]
-    seen: list[float] = []
-    stop = threading.Event()
-    th = threading.Thread(target=_syn_counter, args=(port, stop, seen), daemon=True)
-    th.start()
-    time.sleep(0.1)
     try:
-        cap = 1500.0
-        result = syn_flood("127.0.0.1", port, guard=LOOPBACK, rate=cap, duration_s=1.6)
-        time.sleep(0.2)
+        with wire_times("lo", _syn_to(port)) as seen:
+            cap = 1500.0
+            result = syn_flood("127.0.0.1", port, guard=LOOPBACK, rate=cap, duration_s=1.6)
+            time.sleep(0.2)
     finally:
-        stop.set()
-        th.join(timeout=5)
         listener.close()
     assert result.sent > 0 and result.stop_reason == "duration"
     assert 0 < len(seen) <= result.sent
@@ -391,15 +436,7 @@ def test_raw_sender_asks_the_guard() -> None:
 def _udp_sink(stop: threading.Event, sock: socket.socket, out: list[tuple[float, int]]) -> None:
     """Record (kernel receive time, size) of every datagram ``sock`` receives."""
     sock.settimeout(0.05)
-    while not stop.is_set():
-        try:
-            data, anc, _flags, _addr = sock.recvmsg(2048, 64)
-        except TimeoutError:
-            continue
-        stamp = next((struct.unpack("qq", d[:16]) for lvl, typ, d in anc
-                      if lvl == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS), None)
-        if stamp is not None:
-            out.append((stamp[0] + stamp[1] / 1e9, len(data)))
+    _read_stamped(sock, stop, 2048, lambda stamp, data, _addr: out.append((stamp, len(data))))
 
 
 @pytest.fixture
@@ -445,24 +482,10 @@ def test_udp_storm_stops_at_its_count_and_on_abort(
                         max_packets=37)
     assert (counted.sent, counted.stop_reason) == (37, "count")
     assert _settle(lambda: len(seen), 37) == 37
-    flag = StopFlag()
-    tripped: list[float] = []
-
-    def trip() -> None:
-        end = time.monotonic() + 10
-        while len(seen) < 37 + 200 and time.monotonic() < end:
-            time.sleep(0.001)
-        tripped.append(time.time())  # the sink's times are the kernel's wall clock
-        flag.set()
-
-    th = threading.Thread(target=trip, daemon=True)
-    th.start()
-    try:
+    # the sink's times are the kernel's wall clock
+    with tripwire(lambda: len(seen), 37 + 200, time.time) as (flag, tripped):
         aborted = udp_storm("127.0.0.1", port, guard=LOOPBACK, rate=2000, duration_s=5,
                             stop=flag)
-    finally:
-        flag.close()
-    th.join(timeout=5)
     assert aborted.stop_reason == "abort"
     assert aborted.duration_s < 5.0
     time.sleep(0.2)
@@ -494,29 +517,16 @@ def test_icmp_echo_packets_are_echo_requests_to_the_destination() -> None:
     assert [p[ICMP].seq for p in parsed] == list(range(1, 9))
 
 
-def _echo_counter(dst: str, stop: threading.Event, out: list[float]) -> None:
-    """Count ICMP echo requests to ``dst`` arriving on lo, with the kernel's receive times."""
-    sniff = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
-    sniff.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    sniff.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-    sniff.bind(("lo", 0))
-    sniff.settimeout(0.05)
+def _echo_request_to(dst: str) -> Callable[[bytes, int], bool]:
+    """For :func:`wire_times`: an ICMP echo request to ``dst`` arriving on lo."""
     target = socket.inet_aton(dst)
-    try:
-        while not stop.is_set():
-            try:
-                data, anc, _flags, addr = sniff.recvmsg(64, 64)
-            except TimeoutError:
-                continue
-            stamp = next((struct.unpack("qq", d[:16]) for lvl, typ, d in anc
-                          if lvl == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS), None)
-            if stamp is None or addr[2] != socket.PACKET_HOST or len(data) < 21:
-                continue
-            ihl = (data[0] & 0x0F) * 4
-            if data[9] == 1 and data[16:20] == target and data[ihl] == 8:
-                out.append(stamp[0] + stamp[1] / 1e9)
-    finally:
-        sniff.close()
+
+    def keep(data: bytes, kind: int) -> bool:
+        if kind != socket.PACKET_HOST or len(data) < 21:
+            return False
+        ihl = (data[0] & 0x0F) * 4
+        return data[9] == 1 and data[16:20] == target and data[ihl] == 8
+    return keep
 
 
 @root_only
@@ -524,18 +534,10 @@ def test_icmp_storm_never_exceeds_its_rate_on_the_wire() -> None:
     from harness.load.netflood import icmp_storm
 
     dst = "127.0.0.1"
-    seen: list[float] = []
-    stop = threading.Event()
-    th = threading.Thread(target=_echo_counter, args=(dst, stop, seen), daemon=True)
-    th.start()
-    time.sleep(0.1)
-    try:
+    with wire_times("lo", _echo_request_to(dst)) as seen:
         cap = 1500.0
         result = icmp_storm(dst, guard=LOOPBACK, rate=cap, duration_s=1.6)
         time.sleep(0.2)
-    finally:
-        stop.set()
-        th.join(timeout=5)
     assert result.kind == "icmp_storm" and result.stop_reason == "duration"
     assert result.sent > cap
     assert 0 < len(seen) <= result.sent
@@ -589,26 +591,9 @@ def test_guard_allows_layer2_only_on_declared_interfaces() -> None:
         L2Sender(Guard(["192.0.2.0/24"]).with_interfaces(["lo"]), "lo", "198.18.0.2")
 
 
-def _frame_counter(ifname: str, stop: threading.Event, out: list[float]) -> None:
-    """Record the kernel's times of broadcast frames leaving ``ifname``."""
-    sniff = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-    sniff.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    sniff.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-    sniff.bind((ifname, 0))
-    sniff.settimeout(0.05)
-    try:
-        while not stop.is_set():
-            try:
-                data, anc, _flags, addr = sniff.recvmsg(64, 64)
-            except TimeoutError:
-                continue
-            stamp = next((struct.unpack("qq", d[:16]) for lvl, typ, d in anc
-                          if lvl == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS), None)
-            if stamp is not None and addr[2] == socket.PACKET_OUTGOING \
-                    and data[:6] == b"\xff" * 6:
-                out.append(stamp[0] + stamp[1] / 1e9)
-    finally:
-        sniff.close()
+def _broadcast_leaving(data: bytes, kind: int) -> bool:
+    """For :func:`wire_times` (``link_layer``): a broadcast frame leaving the interface."""
+    return kind == socket.PACKET_OUTGOING and data[:6] == b"\xff" * 6
 
 
 @root_only
@@ -620,20 +605,11 @@ def test_l2_storm_never_exceeds_its_rate_on_the_declared_link(kind: str) -> None
     storm = arp_storm if kind == "arp" else broadcast_storm
     with netns.netns_link() as link:
         guard = Guard([link.device_address]).with_interfaces([link.host_if])
-        seen: list[float] = []
-        stop = threading.Event()
-        th = threading.Thread(target=_frame_counter, args=(link.host_if, stop, seen),
-                              daemon=True)
-        th.start()
-        time.sleep(0.1)
-        try:
+        with wire_times(link.host_if, _broadcast_leaving, link_layer=True) as seen:
             cap = 1500.0
             result = storm(link.host_if, link.device_address, guard=guard, rate=cap,
                            duration_s=1.6)
             time.sleep(0.2)
-        finally:
-            stop.set()
-            th.join(timeout=5)
         counted = storm(link.host_if, link.device_address, guard=guard, rate=5000,
                         duration_s=5, max_packets=25)
     assert result.stop_reason == "duration" and result.sent > cap
