@@ -4,8 +4,10 @@ Generated from what the checks declare: each check names the simulator weakness 
 (``@pytest.mark.weakness``). For every weakness a lab is started with only the simulators the
 declaring checks speak to and that weakness switched on; every declaring check must FAIL there,
 and no other non-disruptive check of that lab may FAIL (a weakness trips exactly its own checks;
-the slow disruptive checks witness only on their own weakness and on hardened). One full hardened
-lab run must PASS every check. A check that declares no weakness fails this test.
+the slow disruptive checks witness only on their own weakness and on hardened). Every check must
+PASS on the full hardened lab (all simulators up); the checks are run there in a few shards by
+protocol (:data:`HARDENED_SHARDS`), each on a lab of its own, so that test workers can run the
+shards side by side. A check that declares no weakness fails this test.
 
 Exception: a layer-2 weakness (:data:`NETNS_WEAKNESSES`) exists only on an Ethernet link, which a
 loopback lab does not have. Its checks are NOT APPLICABLE on the (loopback) hardened lab run here,
@@ -101,19 +103,51 @@ def test_every_check_declares_a_known_weakness(spec: CheckSpec) -> None:
     known = {w for ws in MANIFEST.values() for w in ws}
     assert spec.weakness in known, f"{spec.nodeid}: weakness {spec.weakness} is in no simulator"
     assert spec.protocol in (*PROTOCOL_SIMULATOR, "network", "ethernet"), spec.nodeid
+    assert any(spec.protocol in protocols for protocols in HARDENED_SHARDS.values())
+
+
+#: The hardened run in shards by protocol (each a full hardened lab, only these checks run):
+#: the shards are independent, so xdist may put them on different workers.
+HARDENED_SHARDS = {
+    "modbus_tcp": ("modbus_tcp", "network", "ethernet"),
+    "opcua": ("opcua",),
+    "ssh_console": ("ssh", "console"),
+    "tls_rtu": ("modbus_tls", "modbus_rtu"),
+}
+
+
+def _shard(spec: CheckSpec) -> str:
+    return next(name for name, protocols in HARDENED_SHARDS.items()
+                if spec.protocol in protocols)
+
+
+class HardenedRuns:
+    """One full hardened lab and run per shard, made on first use (once per worker: every
+    check of a shard is in one xdist group)."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._tmp = tmp_path_factory
+        self._runs: dict[str, dict[str, Any]] = {}
+
+    def get(self, shard: str) -> dict[str, Any]:
+        if shard not in self._runs:
+            from harness.lab import LabDefinition, lab_down, lab_up
+
+            state = self._tmp.mktemp(f"matrix-{shard}") / "hardened"
+            lab_up(LabDefinition.model_validate({"name": f"matrix-hardened-{shard}"}), state)
+            try:
+                names = sorted(_name(c) for c in CHECKS if _shard(c) == shard)
+                self._runs[shard] = _run(state / "profile.yaml",
+                                         self._tmp.mktemp(f"matrix-{shard}-out"),
+                                         k=" or ".join(names))
+            finally:
+                lab_down(state)
+        return self._runs[shard]
 
 
 @pytest.fixture(scope="module")
-def hardened_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from harness.lab import LabDefinition, lab_down, lab_up
-
-    state = tmp_path_factory.mktemp("matrix") / "hardened"
-    lab = LabDefinition.model_validate({"name": "matrix-hardened"})
-    lab_up(lab, state)
-    try:
-        return _run(state / "profile.yaml", tmp_path_factory.mktemp("matrix-out"))
-    finally:
-        lab_down(state)
+def hardened_runs(tmp_path_factory: pytest.TempPathFactory) -> HardenedRuns:
+    return HardenedRuns(tmp_path_factory)
 
 
 def _run(profile: Path, out: Path, k: str | None = None) -> dict[str, Any]:
@@ -151,8 +185,12 @@ def _verdicts(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["nodeid"]: c for c in results["checks"]}
 
 
-@pytest.mark.parametrize("spec", CHECKS, ids=_name)
-def test_check_passes_on_hardened(spec: CheckSpec, hardened_run: dict[str, Any]) -> None:
+@pytest.mark.parametrize("spec", [
+    pytest.param(c, id=_name(c), marks=pytest.mark.xdist_group(f"matrix-hardened-{_shard(c)}"))
+    for c in CHECKS
+])
+def test_check_passes_on_hardened(spec: CheckSpec, hardened_runs: HardenedRuns) -> None:
+    hardened_run = hardened_runs.get(_shard(spec))
     found = _verdicts(hardened_run).get(spec.nodeid)
     assert found is not None, f"{spec.nodeid} did not run:\n{hardened_run['_output']}"
     if spec.weakness in NETNS_WEAKNESSES:  # no Ethernet on loopback; see the module docstring
