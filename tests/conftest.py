@@ -236,6 +236,31 @@ def pytest_itemcollected(item: pytest.Item) -> None:
     item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
 
 
+#: Test groups that take minutes, started first so that no worker begins one near the end of a
+#: parallel run (xdist hands out groups in collection order).
+LONG_GROUPS = (
+    "tests/test_hostile_device.py",
+    "tests/testcases/test_load_checks.py",
+    "matrix-hardened-",
+    "tests/testcases/test_slowloris_check.py",
+    "tests/testcases/test_opcua_checks.py",
+    "tests/simulators/test_opcua.py",
+)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Move the long groups to the front (a stable sort: order within a group is kept)."""
+
+    def rank(item: pytest.Item) -> int:
+        marker = item.get_closest_marker("xdist_group")
+        group = str(marker.args[0]) if marker and marker.args else item.nodeid
+        return next((i for i, prefix in enumerate(LONG_GROUPS) if group.startswith(prefix)),
+                    len(LONG_GROUPS))
+
+    items.sort(key=rank)
+
+
 # --------------------------------------------------------------------------- fake checks
 @pytest.fixture(scope="session")
 def fake_checks() -> Callable[..., subprocess.CompletedProcess[str]]:
