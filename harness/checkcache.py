@@ -8,7 +8,8 @@ of every ``.py`` under the checks' folder, of the plugin and of the run configur
 harness and Python versions). Any change to a check makes a new key; a missing, stale or
 unreadable cache file only means collecting again.
 
-The file lives in ``$XDG_CACHE_HOME/harness`` (default ``~/.cache/harness``); set
+The file lives in ``$XDG_CACHE_HOME/harness/checks-<folder hash>/`` (default under
+``~/.cache/harness``), one per installed checks folder; set
 ``HARNESS_NO_CACHE=1`` to bypass it. It is written atomically (a temporary file renamed over the
 old one), so two concurrent plans never read half a file.
 """
@@ -80,10 +81,19 @@ def store(directory: Path, key: str, specs: list[CheckSpec]) -> None:
             raise
 
 
+def slot(checks_dir: Path) -> Path | None:
+    """The cache folder of one installation's checks (a checkout and a venv each have theirs,
+    so using both does not evict one another's entry); None when caching is off."""
+    base = cache_dir()
+    if base is None:
+        return None
+    return base / f"checks-{hashlib.sha256(str(checks_dir).encode()).hexdigest()[:12]}"
+
+
 def cached_specs(checks_dir: Path, code_files: Iterable[Path],
                  collect: Callable[[], list[CheckSpec]]) -> list[CheckSpec]:
     """The specs from the cache when it is current, else from ``collect()`` (then stored)."""
-    directory = cache_dir()
+    directory = slot(checks_dir)
     if directory is None:
         return collect()
     try:

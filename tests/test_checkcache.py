@@ -81,7 +81,7 @@ def test_any_change_to_a_check_or_the_code_collects_again(
 def test_a_corrupt_cache_file_means_collecting_again(checks: Path) -> None:
     collect = Collector()
     checkcache.cached_specs(checks, [], collect)
-    directory = checkcache.cache_dir()
+    directory = checkcache.slot(checks)
     assert directory is not None
     (directory / "checks.json").write_text('{"key": "x", "checks": [{"nodeid": 1')
     assert checkcache.cached_specs(checks, [], collect) == SPECS
@@ -100,6 +100,18 @@ def test_harness_no_cache_bypasses_it(checks: Path, monkeypatch: pytest.MonkeyPa
     checkcache.cached_specs(checks, [], collect)
     assert collect.calls == 2
     assert not (checks.parent / "cache").exists()
+
+
+def test_two_installations_keep_their_own_entries(checks: Path, tmp_path: Path) -> None:
+    other = tmp_path / "venv" / "testcases"
+    other.mkdir(parents=True)
+    (other / "test_a.py").write_text("def test_a(): pass\n")
+    mine, theirs = Collector(), Collector()
+    for _ in range(2):  # alternate, as a checkout and a venv on one machine do
+        checkcache.cached_specs(checks, [], mine)
+        checkcache.cached_specs(other, [], theirs)
+    assert (mine.calls, theirs.calls) == (1, 1)
+    assert checkcache.slot(checks) != checkcache.slot(other)
 
 
 def test_an_unwritable_cache_folder_still_plans(checks: Path, tmp_path: Path,
