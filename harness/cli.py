@@ -270,7 +270,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     loaded = _load(args.profile)
     out = Path(args.out).resolve()
     pargs = [*_pytest_args(str(loaded.path)), "--harness-out", str(out), "-rfE"]
-    pargs.append("-q" if not args.verbose else "-v")
+    # a device fault is a verdict with a reason (terminal summary, report), not a stack of
+    # harness code frames; -v brings short tracebacks back for whoever debugs the harness
+    pargs += ["-q", "--tb=line"] if not args.verbose else ["-v", "--tb=short"]
     if args.allow_disruptive:
         pargs.append("--allow-disruptive")
     if args.monitor:

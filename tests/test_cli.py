@@ -146,3 +146,17 @@ def test_run_options_after_the_profile_and_pytest_passthrough(tmp_path: Path) ->
     with pytest.raises(SystemExit) as info:  # only run passes arguments on
         main(["validate", str(TEMPLATE), "--", "-x"])
     assert info.value.code == 2
+
+
+def test_a_dead_port_is_one_error_line_without_code_frames(tmp_path: Path) -> None:
+    profile = tmp_path / "dead.yaml"
+    profile.write_text(
+        "device: {vendor: A, model: B, firmware: '1', component_type: embedded}\n"
+        "claimed_sl: {FR1: 1, FR2: 1, FR3: 1, FR4: 1, FR5: 1, FR6: 1, FR7: 1}\n"
+        "interfaces:\n  modbus_tcp: {host: 127.0.0.1, port: 1}\n"
+    )
+    proc = harness("run", str(profile), "--out", str(tmp_path / "out"), "-k", "unit_ids")
+    assert proc.returncode == 3, proc.stdout[-2000:]
+    assert "ConnectFailed" in proc.stdout and "Connection refused" in proc.stdout
+    for frame_marker in ("Traceback", "def connect", "^^^^", "socket.py"):
+        assert frame_marker not in proc.stdout + proc.stderr, proc.stdout[-2000:]
