@@ -333,6 +333,11 @@ class Probe:
         """Poll once."""
         raise NotImplementedError
 
+    def failed(self, t0: float, error: str) -> Sample:
+        """A failed sample started at ``t0``, its latency the time spent until now."""
+        return Sample(t0, self.spec.name, False, (time.monotonic() - t0) * 1000.0, None, None,
+                      error)
+
     def close(self) -> None:
         """Release the probe's connection."""
 
@@ -463,15 +468,7 @@ class TcpConnectProbe(Probe):
         try:
             sock = open_tcp(self.spec.host, self.spec.port, self.connect_timeout_s)
         except OSError as exc:
-            return Sample(
-                t0,
-                self.spec.name,
-                False,
-                (time.monotonic() - t0) * 1000.0,
-                None,
-                None,
-                f"connect: {_describe(exc)}",
-            )
+            return self.failed(t0, f"connect: {_describe(exc)}")
         latency = (time.monotonic() - t0) * 1000.0
         sock.close()
         ok = latency <= self.spec.max_latency_ms
@@ -495,32 +492,28 @@ class SshBannerProbe(Probe):
         t0 = time.monotonic()
         bound_s = self.spec.max_latency_ms / 1000.0
 
-        def failed(error: str) -> Sample:
-            return Sample(t0, self.spec.name, False, (time.monotonic() - t0) * 1000.0, None,
-                          None, error)
-
         try:
             sock = open_tcp(self.spec.host, self.spec.port, self.connect_timeout_s)
         except OSError as exc:
-            return failed(f"connect: {_describe(exc)}")
+            return self.failed(t0, f"connect: {_describe(exc)}")
         try:
             data = b""
             deadline = t0 + max(bound_s, self.request_timeout_s)
             while (found := _SSH_ID.search(data)) is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return failed("timeout: no SSH identification line")
+                    return self.failed(t0, "timeout: no SSH identification line")
                 sock.settimeout(remaining)
                 chunk = sock.recv(512)
                 if not chunk:
-                    return failed("closed before the SSH identification line")
+                    return self.failed(t0, "closed before the SSH identification line")
                 data += chunk
                 if len(data) > self.MAX_READ:
-                    return failed("no SSH identification line in the first 4 KiB")
+                    return self.failed(t0, "no SSH identification line in the first 4 KiB")
         except TimeoutError:
-            return failed("timeout: no SSH identification line")
+            return self.failed(t0, "timeout: no SSH identification line")
         except OSError as exc:
-            return failed(f"read: {_describe(exc)}")
+            return self.failed(t0, f"read: {_describe(exc)}")
         finally:
             sock.close()
         latency = (time.monotonic() - t0) * 1000.0
@@ -592,15 +585,7 @@ class OpcUaReadProbe(Probe):
             value = self._loop.run_until_complete(self._read())
         except Exception as exc:  # any failed read is a failed sample
             self.close()
-            return Sample(
-                t0,
-                self.spec.name,
-                False,
-                (time.monotonic() - t0) * 1000.0,
-                None,
-                None,
-                f"read: {_describe(exc)}",
-            )
+            return self.failed(t0, f"read: {_describe(exc)}")
         latency = (time.monotonic() - t0) * 1000.0
         shown = value if isinstance(value, int | float | str) else str(value)[:40]
         stall = None
