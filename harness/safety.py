@@ -29,6 +29,8 @@ _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _armed: Guard | None = None
 _hook_installed = False
 _hook_lock = threading.Lock()
+#: Most allowed address strings a guard remembers (the hook's fast path).
+_ALLOWED_CACHE = 4096
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
@@ -40,15 +42,20 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         address = args[-1] if args else None
     if isinstance(address, tuple) and address and isinstance(address[0], str):
         host = address[0]
+        if guard.allowed_hosts.get(host):
+            return  # seen and allowed: a flood's connect or send pays one dict lookup
         try:
             ip = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
             return  # not an IP socket address (AF_UNIX etc.)
-        if not guard.allows_ip(ip):
-            raise SafetyViolation(
-                f"safety guard: refused {event.removeprefix('socket.')} to {host}: "
-                f"not in the profile's targets {guard.describe()}"
-            )
+        if guard.allows_ip(ip):
+            if len(guard.allowed_hosts) < _ALLOWED_CACHE:
+                guard.allowed_hosts[host] = True
+            return
+        raise SafetyViolation(
+            f"safety guard: refused {event.removeprefix('socket.')} to {host}: "
+            f"not in the profile's targets {guard.describe()}"
+        )
 
 
 class Guard:
@@ -78,6 +85,9 @@ class Guard:
                 for ip in _resolve(t):
                     nets.append(ipaddress.ip_network(ip))
         self.networks = nets
+        #: Address strings the hook has already found inside :attr:`networks` (never a refused
+        #: one: a refusal is decided afresh every time).
+        self.allowed_hosts: dict[str, bool] = {}
         self.allow_disruptive = allow_disruptive
         self.serial_devices = frozenset(serial_devices)
         self.interfaces = frozenset(interfaces)

@@ -69,6 +69,22 @@ def test_armed_hook_refuses_sockets_of_any_library() -> None:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()  # disarmed: inert
 
 
+def test_the_hook_remembers_allowed_addresses_only() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        guard = Guard(["127.0.0.1"])
+        guard.arm()
+        try:
+            for _ in range(3):  # the second and third sends take the remembered fast path
+                udp.sendto(b"x", ("127.0.0.1", 9))
+            for _ in range(2):  # a refusal is decided afresh every time
+                with pytest.raises(SafetyViolation, match="refused sendto"):
+                    udp.sendto(b"x", ("127.0.0.7", 9))
+        finally:
+            guard.disarm()
+    assert guard.allowed_hosts == {"127.0.0.1": True}
+    assert Guard(["127.0.0.0/8"]).with_interfaces(["eth9"]).allowed_hosts == {}
+
+
 def test_rate_limiter_never_exceeds_its_rate() -> None:
     limiter = RateLimiter(rate=200, burst=5)
     stamps: list[float] = []
