@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from harness.load import LoadResult, NeverStop, Pacer, Series, Stoppable, why_stop
+from harness.protocols.uatcp import hello
 
 if TYPE_CHECKING:
     from harness.safety import Guard
@@ -43,10 +44,9 @@ def ssh_greeting() -> bytes:
 
 
 def opcua_hello(endpoint_url: str) -> bytes:
-    """An OPC UA Hello message (OPC 10000-6, 7.1.2.3) for ``endpoint_url``."""
-    url = endpoint_url.encode()
-    body = struct.pack("<IIIII", 0, 65536, 65536, 0, 0) + struct.pack("<i", len(url)) + url
-    return b"HELF" + struct.pack("<I", 8 + len(body)) + body
+    """An OPC UA Hello message (OPC 10000-6, 7.1.2.3) for ``endpoint_url``: the codec's
+    :func:`harness.protocols.uatcp.hello`, with its default limits."""
+    return hello(endpoint_url)
 
 
 def _family(address: str) -> int:

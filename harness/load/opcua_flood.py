@@ -18,10 +18,10 @@ stop flag) and closing every socket before they return:
   ``in_flight`` outstanding, paced in requests per second; asyncua does the channel security
   (the session comes from :mod:`harness.protocols.opcua`, on its event loop).
 
-The first two write OPC UA TCP themselves (OPC 10000-6, sections 6.7 and 7.1: the HEL, ACK,
-ERR, OPN, CLO and MSG messages, and the few service bodies they carry, in the binary encoding
-of section 5.2), non-blocking over a selector, so one process opens hundreds of channels a
-second: asyncua's full client costs milliseconds per connection.
+The first two write OPC UA TCP themselves, with the codec of :mod:`harness.protocols.uatcp`
+(OPC 10000-6: Hello, OpenSecureChannel None, CreateSession...), non-blocking over a selector,
+so one process opens hundreds of channels a second: asyncua's full client costs milliseconds
+per connection. :func:`probe_endpoint` tries one Hello and one None channel (blocking) first.
 
 :class:`HeartbeatWatch` and :func:`heartbeat_progress` judge the profile's OPC UA essential
 function beyond its read latency: the ``opcua_read`` monitor probe records the value it read,
@@ -37,7 +37,6 @@ import errno
 import itertools
 import selectors
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,385 +46,43 @@ from typing import TYPE_CHECKING, Any
 from harness.errors import TargetError
 from harness.load import DRAIN_S, LoadResult, NeverStop, Pacer, Series, Stoppable, why_stop
 from harness.load.pool import ConnectionPool
+from harness.protocols.uatcp import (
+    ACTIVATE_SESSION_RESPONSE,
+    CLOSE_SESSION_RESPONSE,
+    CREATE_SESSION_RESPONSE,
+    MAX_MESSAGE_SIZE,
+    MIN_BUFFER_SIZE,
+    NULL_NODE,
+    OPEN_SECURE_CHANNEL_RESPONSE,
+    RECEIVE_BUFFER_SIZE,
+    Acknowledge,
+    Chunk,
+    FrameError,
+    Response,
+    activate_session_service,
+    close_secure_channel,
+    close_session_service,
+    create_session_service,
+    hello,
+    open_secure_channel_none,
+    parse_acknowledge,
+    parse_error,
+    parse_response,
+    secure_message,
+    split_chunks,
+)
 
 if TYPE_CHECKING:
     from harness.load.monitor import Sample
     from harness.protocols.opcua import UaSession
     from harness.safety import Guard
 
-#: ReceiveBufferSize (largest chunk) we announce in the Hello; bigger chunks end the connection.
-RECEIVE_BUFFER_SIZE = 65535
-#: MaxMessageSize we announce; a connection's receive buffer never holds more than this.
-MAX_MESSAGE_SIZE = 1 << 20
-#: MaxChunkCount we announce.
-MAX_CHUNK_COUNT = 32
-#: URI of SecurityPolicy None.
-POLICY_NONE_URI = "http://opcfoundation.org/UA/SecurityPolicy#None"
-#: RequestedLifetime of a flood channel (ms); it is closed at once anyway.
-CHANNEL_LIFETIME_MS = 60_000
-#: RequestedSessionTimeout of a flood session (ms); it is closed at once anyway.
-SESSION_TIMEOUT_MS = 10_000.0
 #: Most connections a flood keeps open at once.
 MAX_CONCURRENCY = 256
 #: Most sessions one flood channel carries.
 MAX_SESSIONS_PER_CHANNEL = 1024
 #: Most Read requests outstanding on the read flood's session.
 MAX_IN_FLIGHT = 256
-
-#: Binary encoding ids (namespace 0) of the service types used here.
-OPEN_SECURE_CHANNEL_REQUEST = 446
-OPEN_SECURE_CHANNEL_RESPONSE = 449
-CLOSE_SECURE_CHANNEL_REQUEST = 452
-CREATE_SESSION_REQUEST = 461
-CREATE_SESSION_RESPONSE = 464
-ACTIVATE_SESSION_REQUEST = 467
-ACTIVATE_SESSION_RESPONSE = 470
-CLOSE_SESSION_REQUEST = 473
-CLOSE_SESSION_RESPONSE = 476
-SERVICE_FAULT = 397
-ANONYMOUS_IDENTITY_TOKEN = 321
-
-#: 100 ns ticks from 1601-01-01 (OPC UA DateTime) to 1970-01-01.
-_EPOCH_TICKS = 116_444_736_000_000_000
-_U32 = struct.Struct("<I")
-_I32 = struct.Struct("<i")
-_HEADER = struct.Struct("<3scI")
-_NULL_NODE = b"\x00\x00"
-#: An ExtensionObject with no body (TypeId null, encoding 0).
-_NULL_EXTENSION = b"\x00\x00\x00"
-#: MessageSecurityMode None, SecurityTokenRequestType Issue.
-_MODE_NONE = 1
-_REQUEST_ISSUE = 0
-
-
-class FrameError(ValueError):
-    """Bytes that are not the OPC UA TCP message they claim to be."""
-
-
-# --------------------------------------------------------------------------- encoding
-def ua_string(value: str | bytes | None) -> bytes:
-    """A String or ByteString: Int32 length (-1 for null) and the bytes."""
-    if value is None:
-        return _I32.pack(-1)
-    raw = value.encode() if isinstance(value, str) else value
-    return _I32.pack(len(raw)) + raw
-
-
-def ua_datetime(when: float | None = None) -> bytes:
-    """A DateTime (100 ns ticks since 1601) for a POSIX time (default now)."""
-    seconds = time.time() if when is None else when
-    return struct.pack("<q", _EPOCH_TICKS + int(seconds * 10_000_000))
-
-
-def numeric_node(identifier: int) -> bytes:
-    """A namespace-0 numeric NodeId in its shortest encoding."""
-    if identifier < 256:
-        return bytes((0, identifier))
-    if identifier < 65536:
-        return struct.pack("<BBH", 1, 0, identifier)
-    return struct.pack("<BHI", 2, 0, identifier)
-
-
-def _chunk(mtype: bytes, body: bytes) -> bytes:
-    return _HEADER.pack(mtype, b"F", 8 + len(body)) + body
-
-
-def hello(endpoint_url: str) -> bytes:
-    """A Hello (OPC 10000-6, 7.1.2.3) announcing this module's buffer limits."""
-    body = struct.pack("<IIIII", 0, RECEIVE_BUFFER_SIZE, RECEIVE_BUFFER_SIZE, MAX_MESSAGE_SIZE,
-                       MAX_CHUNK_COUNT) + ua_string(endpoint_url)
-    return _chunk(b"HEL", body)
-
-
-def request_header(handle: int, auth_token: bytes = _NULL_NODE, timeout_hint_ms: int = 0,
-                   stamp: bytes | None = None) -> bytes:
-    """A RequestHeader (OPC 10000-4, 7.33) with ``auth_token`` (an encoded NodeId)."""
-    return (auth_token + (stamp or ua_datetime()) + _U32.pack(handle) + _U32.pack(0)
-            + ua_string(None) + _U32.pack(timeout_hint_ms) + _NULL_EXTENSION)
-
-
-def open_secure_channel_none(sequence: int, request_id: int, handle: int = 1,
-                             lifetime_ms: int = CHANNEL_LIFETIME_MS) -> bytes:
-    """An OpenSecureChannel (Issue) with SecurityPolicy None, security mode None."""
-    body = (_U32.pack(0) + ua_string(POLICY_NONE_URI) + ua_string(None) + ua_string(None)
-            + _U32.pack(sequence) + _U32.pack(request_id)
-            + numeric_node(OPEN_SECURE_CHANNEL_REQUEST) + request_header(handle)
-            + _U32.pack(0) + _U32.pack(_REQUEST_ISSUE) + _U32.pack(_MODE_NONE)
-            + ua_string(b"") + _U32.pack(lifetime_ms))
-    return _chunk(b"OPN", body)
-
-
-def secure_message(mtype: bytes, channel_id: int, token_id: int, sequence: int, request_id: int,
-                   *, service: bytes) -> bytes:
-    """A MSG or CLO chunk on a None channel: symmetric header, sequence header, ``service``
-    (its encoding NodeId and body)."""
-    body = struct.pack("<IIII", channel_id, token_id, sequence, request_id) + service
-    return _chunk(mtype, body)
-
-
-def close_secure_channel(channel_id: int, token_id: int, sequence: int, request_id: int,
-                         handle: int = 0) -> bytes:
-    """A CloseSecureChannel."""
-    service = numeric_node(CLOSE_SECURE_CHANNEL_REQUEST) + request_header(handle)
-    return secure_message(b"CLO", channel_id, token_id, sequence, request_id, service=service)
-
-
-def create_session_service(handle: int, endpoint_url: str, session_name: str,
-                           application_uri: str = "urn:harness:load",
-                           timeout_ms: float = SESSION_TIMEOUT_MS) -> bytes:
-    """A CreateSessionRequest (encoding NodeId and body) with no client certificate."""
-    description = (ua_string(application_uri) + ua_string("urn:harness")
-                   + b"\x02" + ua_string("harness load")          # LocalizedText, text only
-                   + _U32.pack(1)                                 # ApplicationType Client
-                   + ua_string(None) + ua_string(None) + _I32.pack(-1))
-    body = (request_header(handle) + description + ua_string(None) + ua_string(endpoint_url)
-            + ua_string(session_name) + ua_string(bytes(32)) + ua_string(None)
-            + struct.pack("<d", timeout_ms) + _U32.pack(MAX_MESSAGE_SIZE))
-    return numeric_node(CREATE_SESSION_REQUEST) + body
-
-
-def activate_session_service(handle: int, auth_token: bytes, policy_id: str) -> bytes:
-    """An ActivateSessionRequest with an anonymous identity token (no credentials)."""
-    token_body = ua_string(policy_id)
-    token = numeric_node(ANONYMOUS_IDENTITY_TOKEN) + b"\x01" + _I32.pack(len(token_body)) \
-        + token_body
-    no_signature = ua_string(None) + ua_string(None)
-    body = (request_header(handle, auth_token) + no_signature + _I32.pack(-1) + _I32.pack(-1)
-            + token + no_signature)
-    return numeric_node(ACTIVATE_SESSION_REQUEST) + body
-
-
-def close_session_service(handle: int, auth_token: bytes) -> bytes:
-    """A CloseSessionRequest (DeleteSubscriptions true)."""
-    return numeric_node(CLOSE_SESSION_REQUEST) + request_header(handle, auth_token) + b"\x01"
-
-
-# --------------------------------------------------------------------------- decoding
-class Reader:
-    """Bounded reads from one message; any overrun is a :class:`FrameError`."""
-
-    def __init__(self, data: bytes | memoryview, pos: int = 0) -> None:
-        self.data = data
-        self.pos = pos
-
-    def take(self, n: int) -> bytes:
-        """The next ``n`` bytes."""
-        end = self.pos + n
-        if n < 0 or end > len(self.data):
-            raise FrameError(f"message ends at {len(self.data)} bytes, {n} more needed at "
-                             f"offset {self.pos}")
-        out = bytes(self.data[self.pos:end])
-        self.pos = end
-        return out
-
-    def u8(self) -> int:
-        """A Byte."""
-        return self.take(1)[0]
-
-    def u32(self) -> int:
-        """A UInt32."""
-        return int(_U32.unpack(self.take(4))[0])
-
-    def i32(self) -> int:
-        """An Int32."""
-        return int(_I32.unpack(self.take(4))[0])
-
-    def string(self) -> bytes | None:
-        """A String or ByteString (None when null)."""
-        n = self.i32()
-        if n < 0:
-            return None
-        return self.take(n)
-
-    def node_id(self) -> bytes:
-        """A NodeId, returned as its encoded bytes."""
-        start = self.pos
-        kind = self.u8()
-        encoding = kind & 0x3F
-        if encoding == 0:
-            self.take(1)
-        elif encoding == 1:
-            self.take(3)
-        elif encoding == 2:
-            self.take(6)
-        elif encoding in (3, 5):
-            self.take(2)
-            self.string()
-        elif encoding == 4:
-            self.take(18)
-        else:
-            raise FrameError(f"NodeId encoding {encoding} unknown")
-        if kind & 0x80:
-            self.string()
-        if kind & 0x40:
-            self.take(4)
-        return bytes(self.data[start:self.pos])
-
-    def diagnostic_info(self, depth: int = 0) -> None:
-        """Skip a DiagnosticInfo."""
-        if depth > 8:
-            raise FrameError("DiagnosticInfo nested too deep")
-        mask = self.u8()
-        for bit in (0x01, 0x02, 0x04, 0x08):
-            if mask & bit:
-                self.take(4)
-        if mask & 0x10:
-            self.string()
-        if mask & 0x20:
-            self.take(4)
-        if mask & 0x40:
-            self.diagnostic_info(depth + 1)
-
-    def extension_object(self) -> None:
-        """Skip an ExtensionObject."""
-        self.node_id()
-        if self.u8() in (1, 2):
-            self.string()
-
-    def response_header(self) -> int:
-        """Skip a ResponseHeader; return its ServiceResult."""
-        self.take(12)  # Timestamp, RequestHandle
-        status = self.u32()
-        self.diagnostic_info()
-        count = self.i32()
-        if count > len(self.data):
-            raise FrameError(f"StringTable of {count} strings in a {len(self.data)}-byte message")
-        for _ in range(max(0, count)):
-            self.string()
-        self.extension_object()
-        return status
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """One OPC UA TCP chunk."""
-
-    #: ``HEL``, ``ACK``, ``ERR``, ``OPN``, ``CLO``, ``MSG``, ``RHE``.
-    mtype: bytes
-    #: ``F`` (final), ``C`` (intermediate) or ``A`` (abort).
-    ctype: bytes
-    #: The whole chunk, header included.
-    data: bytes
-
-
-_MESSAGE_TYPES = frozenset({b"HEL", b"ACK", b"ERR", b"RHE", b"OPN", b"CLO", b"MSG"})
-
-
-def split_chunks(buf: bytearray) -> list[Chunk]:
-    """Remove the complete chunks at the start of ``buf`` and return them.
-
-    :raises FrameError: an unknown message or chunk type, a size under 8 or over
-        :data:`RECEIVE_BUFFER_SIZE` (checked as soon as a header is there).
-    """
-    out: list[Chunk] = []
-    pos = 0
-    size_all = len(buf)
-    while size_all - pos >= 8:
-        mtype, ctype, size = _HEADER.unpack_from(buf, pos)
-        if mtype not in _MESSAGE_TYPES or ctype not in (b"F", b"C", b"A"):
-            raise FrameError(f"unknown message header {bytes(buf[pos:pos + 4])!r}")
-        if not 8 <= size <= RECEIVE_BUFFER_SIZE:
-            raise FrameError(f"{mtype.decode()} chunk of {size} bytes (we take 8.."
-                             f"{RECEIVE_BUFFER_SIZE})")
-        if size_all - pos < size:
-            break
-        out.append(Chunk(mtype, ctype, bytes(buf[pos:pos + size])))
-        pos += size
-    if pos:
-        del buf[:pos]
-    return out
-
-
-@dataclass(frozen=True)
-class Acknowledge:
-    """An Acknowledge's limits."""
-
-    protocol_version: int
-    receive_buffer_size: int
-    send_buffer_size: int
-    max_message_size: int
-    max_chunk_count: int
-
-
-def parse_acknowledge(chunk: Chunk) -> Acknowledge:
-    """The limits of an ACK chunk."""
-    if chunk.mtype != b"ACK" or len(chunk.data) < 28:
-        raise FrameError(f"expected an Acknowledge, got {chunk.mtype!r} of {len(chunk.data)} "
-                         "bytes")
-    return Acknowledge(*struct.unpack_from("<IIIII", chunk.data, 8))
-
-
-def parse_error(chunk: Chunk) -> tuple[int, str]:
-    """(status code, reason) of an ERR chunk."""
-    r = Reader(chunk.data, 8)
-    code = r.u32()
-    reason = r.string() or b""
-    return code, reason[:200].decode("utf-8", "replace")
-
-
-@dataclass(frozen=True)
-class Response:
-    """The head of a service response (OPN or MSG)."""
-
-    #: Secure channel id from the message header.
-    channel_id: int
-    #: RequestId of the sequence header.
-    request_id: int
-    #: Encoding id of the response type (``SERVICE_FAULT`` for a fault).
-    type_id: int
-    #: ServiceResult of the ResponseHeader.
-    status: int
-    #: OpenSecureChannel only: the token id; CreateSession only: the encoded
-    #: AuthenticationToken.
-    token_id: int = 0
-    auth_token: bytes = b""
-
-
-def _type_id(r: Reader) -> int:
-    raw = r.node_id()
-    kind = raw[0] & 0x3F
-    if kind == 0:
-        return raw[1]
-    if kind == 1:
-        return int(struct.unpack_from("<H", raw, 2)[0])
-    if kind == 2:
-        return int(_U32.unpack_from(raw, 3)[0])
-    return -1
-
-
-def parse_response(chunk: Chunk) -> Response:
-    """Parse an OPN or MSG chunk's headers and, for the responses this module asks for, the
-    fields it needs (only the first chunk of a message carries them).
-
-    :raises FrameError: malformed.
-    """
-    r = Reader(chunk.data, 8)
-    channel_id = r.u32()
-    if chunk.mtype == b"OPN":
-        policy = r.string()
-        r.string()
-        r.string()
-        if policy is not None and policy.decode("utf-8", "replace") != POLICY_NONE_URI:
-            raise FrameError(f"OpenSecureChannel answered with policy {policy!r}")
-    elif chunk.mtype == b"MSG":
-        r.u32()  # token id
-    else:
-        raise FrameError(f"expected OPN or MSG, got {chunk.mtype!r}")
-    r.u32()  # sequence number
-    request_id = r.u32()
-    type_id = _type_id(r)
-    status = r.response_header()
-    token_id = 0
-    auth = b""
-    if status < 0x80000000:
-        if type_id == OPEN_SECURE_CHANNEL_RESPONSE:
-            r.u32()  # server protocol version
-            channel_id = r.u32()
-            token_id = r.u32()
-        elif type_id == CREATE_SESSION_RESPONSE:
-            r.node_id()  # SessionId
-            auth = r.node_id()
-    return Response(channel_id, request_id, type_id, status, token_id, auth)
 
 
 # --------------------------------------------------------------------------- probe
@@ -515,9 +172,10 @@ def probe_endpoint(host: str, port: int, endpoint_url: str, *, guard: Guard,
             probe.refused = status_text(parse_error(chunk)[0])
             return probe
         probe.acknowledge = parse_acknowledge(chunk)
-        if probe.acknowledge.receive_buffer_size < 8192:
+        if probe.acknowledge.receive_buffer_size < MIN_BUFFER_SIZE:
             raise FrameError(f"Acknowledge ReceiveBufferSize "
-                             f"{probe.acknowledge.receive_buffer_size} is under 8192")
+                             f"{probe.acknowledge.receive_buffer_size} is under "
+                             f"{MIN_BUFFER_SIZE}")
         msg = open_secure_channel_none(1, 1)
         sock.sendall(msg)
         probe.exchanges.append(("sent", "OpenSecureChannel None", msg))
@@ -566,7 +224,7 @@ class _Conn:
     request_id: int = 0
     channel_id: int = 0
     token_id: int = 0
-    auth_token: bytes = _NULL_NODE
+    auth_token: bytes = NULL_NODE
     sessions: int = 0
     #: A message spread over chunks: its first chunk's head.
     partial: Response | None = None
@@ -753,7 +411,7 @@ class UaTcpFlood(ConnectionPool[_Conn]):
                 self.rejected += 1
                 return self._after_session(conn)
             self.sessions_created += 1
-            conn.auth_token = head.auth_token or _NULL_NODE
+            conn.auth_token = head.auth_token or NULL_NODE
             conn.state = _ACTIVATE
             return self._service(conn, activate_session_service(
                 self._next_handle(), conn.auth_token, self.anonymous_policy_id))
@@ -770,7 +428,7 @@ class UaTcpFlood(ConnectionPool[_Conn]):
                 self.closed_sessions += 1
             else:
                 self._status(head.status)
-            conn.auth_token = _NULL_NODE
+            conn.auth_token = NULL_NODE
             return self._after_session(conn)
         self._error(f"unexpected {chunk.mtype.decode()}")
         self._drop(conn)
@@ -1310,4 +968,3 @@ class AnyStop:
     def is_set(self) -> bool:
         """True once any signal is set."""
         return any(s.is_set() for s in self.signals)
-

@@ -55,7 +55,6 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
-import struct
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -65,6 +64,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
 from harness import pki
 from harness.errors import HarnessError, TargetError
+from harness.protocols import uatcp
 
 if TYPE_CHECKING:
     from harness.evidence import Evidence
@@ -109,11 +109,6 @@ RECEIVE_BUFFER_SIZE = 65535
 MAX_MESSAGE_SIZE = 2 * 1024 * 1024
 #: Most chunks per message (announced as MaxChunkCount).
 MAX_CHUNK_COUNT = 64
-#: Smallest buffer size OPC UA Part 6 allows in a Hello or Acknowledge.
-MIN_BUFFER_SIZE = 8192
-#: Message types of OPC UA TCP.
-_MESSAGE_TYPES = frozenset({b"HEL", b"ACK", b"ERR", b"RHE", b"OPN", b"CLO", b"MSG"})
-_CHUNK_TYPES = frozenset({b"F", b"C", b"A"})
 
 #: ``watchdog_s`` for a session that must stay idle (no keep-alive reads).
 NO_WATCHDOG = 86_400.0
@@ -449,39 +444,25 @@ def first_der_certificate(blob: bytes) -> bytes:
 
 
 def scan_headers(buffer: bytes) -> str | None:
-    """Check every complete message header in ``buffer`` (OPC UA TCP framing); return what is
-    wrong, or None. Headers are checked before their bodies are buffered."""
-    pos = 0
-    while len(buffer) - pos >= 8:
-        mtype, ctype = buffer[pos:pos + 3], buffer[pos + 3:pos + 4]
-        (size,) = struct.unpack_from("<I", buffer, pos + 4)
-        if mtype not in _MESSAGE_TYPES:
-            return f"unknown message type {mtype!r} at offset {pos}"
-        if ctype not in _CHUNK_TYPES:
-            return f"unknown chunk type {ctype!r} in a {mtype.decode()} message"
-        if size < 8:
-            return f"{mtype.decode()} chunk declares {size} bytes, less than its own header"
-        if size > RECEIVE_BUFFER_SIZE:
-            return (f"{mtype.decode()} chunk declares {size} bytes; we announced chunks of at "
-                    f"most {RECEIVE_BUFFER_SIZE} (ReceiveBufferSize)")
-        pos += size
+    """Check every complete message header in ``buffer`` (OPC UA TCP framing, chunks of at most
+    :data:`RECEIVE_BUFFER_SIZE`); return what is wrong, or None. Headers are checked before
+    their bodies are buffered (:func:`harness.protocols.uatcp.check_headers`)."""
+    try:
+        uatcp.check_headers(buffer, RECEIVE_BUFFER_SIZE)
+    except uatcp.FrameError as exc:
+        return str(exc)
     return None
 
 
 def check_acknowledge(receive: int, send: int) -> str | None:
-    """What is wrong with an Acknowledge's buffer sizes (OPC UA Part 6, 7.1.2.4), or None.
+    """What is wrong with an Acknowledge's buffer sizes (OPC UA Part 6, 7.1.2.4), or None
+    (:func:`harness.protocols.uatcp.acknowledge_problem` against our
+    :data:`RECEIVE_BUFFER_SIZE`).
 
     :param receive: its ReceiveBufferSize (the largest chunk the server takes from us).
     :param send: its SendBufferSize (the largest chunk it will send us).
     """
-    if receive < MIN_BUFFER_SIZE:
-        return f"Acknowledge ReceiveBufferSize {receive} is below the minimum {MIN_BUFFER_SIZE}"
-    if send < MIN_BUFFER_SIZE:
-        return f"Acknowledge SendBufferSize {send} is below the minimum {MIN_BUFFER_SIZE}"
-    if send > RECEIVE_BUFFER_SIZE:
-        return (f"Acknowledge SendBufferSize {send} is larger than the ReceiveBufferSize we "
-                f"announced ({RECEIVE_BUFFER_SIZE})")
-    return None
+    return uatcp.acknowledge_problem(receive, send, RECEIVE_BUFFER_SIZE)
 
 
 # --------------------------------------------------------------------------- the loop

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from harness.load.connflood import opcua_hello
 from harness.load.slowloris import BOUND_MARGIN_S, greeting_client, run_slowloris
+from harness.protocols.uatcp import hello as opcua_hello
 from harness.verdict import not_applicable
 
 if TYPE_CHECKING:

@@ -1,9 +1,9 @@
-"""The OPC UA floods: their messages are what asyncua parses, they stay bounded, close every
-socket, ask the guard first, survive garbage, and the heartbeat judgement sees a stall.
+"""The OPC UA floods: they stay bounded, close every socket, ask the guard first, survive
+garbage, and the heartbeat judgement sees a stall.
 
-The wire format is checked against asyncua's own parser (``asyncua.ua.ua_binary``), not against
-our decoder; the floods run against the bundled OPC UA simulator (one hardened lab for the
-module) and against tiny scripted servers for the refusals and the garbage.
+The wire format they write is the codec's (``tests/protocols/test_uatcp.py`` checks it against
+asyncua); the floods run against the bundled OPC UA simulator (one hardened lab for the module)
+and against tiny scripted servers for the refusals and the garbage.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from harness.errors import SafetyViolation, TargetError
 from harness.load import StopFlag
@@ -29,184 +27,6 @@ from harness.safety import Guard
 pytestmark = pytest.mark.timeout(90)
 
 ENDPOINT = "opc.tcp://127.0.0.1:4840/harness/plc"
-
-
-# --------------------------------------------------------------------------- wire format
-def _asyncua_parse(raw: bytes) -> tuple[Any, Any]:
-    from asyncua.common.utils import Buffer
-    from asyncua.ua import ua_binary
-
-    buf = Buffer(raw)
-    header = ua_binary.header_from_binary(buf)
-    assert header.packet_size == len(raw)
-    return header, buf
-
-
-def test_hello_is_what_asyncua_parses() -> None:
-    from asyncua import ua
-    from asyncua.ua import ua_binary
-
-    header, buf = _asyncua_parse(uaf.hello(ENDPOINT))
-    hello = ua_binary.struct_from_binary(ua.Hello, buf)
-    assert header.MessageType == b"HEL"
-    assert (hello.ReceiveBufferSize, hello.MaxMessageSize, hello.EndpointUrl) == (
-        uaf.RECEIVE_BUFFER_SIZE, uaf.MAX_MESSAGE_SIZE, ENDPOINT)
-
-
-def test_open_secure_channel_is_what_asyncua_parses() -> None:
-    from asyncua import ua
-    from asyncua.ua import ua_binary
-
-    header, buf = _asyncua_parse(uaf.open_secure_channel_none(5, 7, handle=9))
-    algorithm = ua_binary.struct_from_binary(ua.AsymmetricAlgorithmHeader, buf)
-    sequence = ua_binary.struct_from_binary(ua.SequenceHeader, buf)
-    request = ua_binary.struct_from_binary(ua.OpenSecureChannelRequest, buf)
-    assert header.MessageType == b"OPN"
-    assert algorithm.SecurityPolicyURI == uaf.POLICY_NONE_URI
-    assert algorithm.SenderCertificate is None
-    assert (sequence.SequenceNumber, sequence.RequestId) == (5, 7)
-    assert request.RequestHeader.RequestHandle == 9
-    params = request.Parameters
-    assert params.RequestType == ua.SecurityTokenRequestType.Issue
-    assert params.SecurityMode == ua.MessageSecurityMode.None_
-    assert params.RequestedLifetime == uaf.CHANNEL_LIFETIME_MS
-
-
-def _symmetric(raw: bytes, mtype: bytes) -> Any:
-    from asyncua import ua
-    from asyncua.ua import ua_binary
-
-    header, buf = _asyncua_parse(raw)
-    assert header.MessageType == mtype
-    assert header.ChannelId == 11
-    token = ua_binary.struct_from_binary(ua.SymmetricAlgorithmHeader, buf)
-    sequence = ua_binary.struct_from_binary(ua.SequenceHeader, buf)
-    assert (token.TokenId, sequence.SequenceNumber, sequence.RequestId) == (22, 3, 4)
-    return buf
-
-
-def test_close_secure_channel_is_what_asyncua_parses() -> None:
-    from asyncua import ua
-    from asyncua.ua import ua_binary
-
-    buf = _symmetric(uaf.close_secure_channel(11, 22, 3, 4), b"CLO")
-    request = ua_binary.struct_from_binary(ua.CloseSecureChannelRequest, buf)
-    assert request.TypeId == ua.NodeId(uaf.CLOSE_SECURE_CHANNEL_REQUEST)
-
-
-def test_create_session_is_what_asyncua_parses() -> None:
-    from asyncua import ua
-    from asyncua.ua import ua_binary
-
-    raw = uaf.secure_message(b"MSG", 11, 22, 3, 4, service=uaf.create_session_service(
-        8, ENDPOINT, "flood", application_uri="urn:test"))
-    buf = _symmetric(raw, b"MSG")
-    # as asyncua's server reads it (UaProcessor.process_message)
-    assert ua_binary.nodeid_from_binary(buf) == ua.NodeId(uaf.CREATE_SESSION_REQUEST)
-    header = ua_binary.struct_from_binary(ua.RequestHeader, buf)
-    params = ua_binary.struct_from_binary(ua.CreateSessionParameters, buf)
-    assert header.RequestHandle == 8
-    assert header.AuthenticationToken == ua.NodeId(0)
-    assert params.ClientDescription.ApplicationUri == "urn:test"
-    assert params.ClientDescription.ApplicationType == ua.ApplicationType.Client
-    assert params.EndpointUrl == ENDPOINT
-    assert params.SessionName == "flood"
-    assert params.ClientCertificate is None
-    assert len(params.ClientNonce) == 32
-    assert params.RequestedSessionTimeout == uaf.SESSION_TIMEOUT_MS
-
-
-def test_activate_and_close_session_are_what_asyncua_parses() -> None:
-    from asyncua import ua
-    from asyncua.ua import ua_binary
-
-    token = ua.NodeId("session-token-1", 1)
-    encoded = ua_binary.nodeid_to_binary(token)
-    raw = uaf.secure_message(b"MSG", 11, 22, 3, 4,
-                             service=uaf.activate_session_service(5, encoded, "anon-policy"))
-    buf = _symmetric(raw, b"MSG")
-    assert ua_binary.nodeid_from_binary(buf) == ua.NodeId(uaf.ACTIVATE_SESSION_REQUEST)
-    header = ua_binary.struct_from_binary(ua.RequestHeader, buf)
-    params = ua_binary.struct_from_binary(ua.ActivateSessionParameters, buf)
-    assert header.AuthenticationToken == token
-    assert isinstance(params.UserIdentityToken, ua.AnonymousIdentityToken)
-    assert params.UserIdentityToken.PolicyId == "anon-policy"
-
-    raw = uaf.secure_message(b"MSG", 11, 22, 3, 4, service=uaf.close_session_service(6, encoded))
-    buf = _symmetric(raw, b"MSG")
-    assert ua_binary.nodeid_from_binary(buf) == ua.NodeId(uaf.CLOSE_SESSION_REQUEST)
-    header = ua_binary.struct_from_binary(ua.RequestHeader, buf)
-    assert header.AuthenticationToken == token
-    assert ua_binary.Primitives.Boolean.unpack(buf) is True
-
-
-def _msg(response: Any, request_id: int = 4, ctype: bytes = b"F") -> uaf.Chunk:
-    """A MSG chunk carrying ``response`` (encoded by asyncua)."""
-    import struct
-
-    from asyncua.ua import ua_binary
-
-    body = struct.pack("<IIII", 11, 22, 3, request_id) + ua_binary.struct_to_binary(response)
-    return uaf.Chunk(b"MSG", ctype, b"MSG" + ctype + struct.pack("<I", 8 + len(body)) + body)
-
-
-def test_responses_encoded_by_asyncua_are_parsed() -> None:
-    from asyncua import ua
-    from asyncua.ua import ua_binary
-
-    created = ua.CreateSessionResponse()
-    created.Parameters.SessionId = ua.NodeId(77, 3)
-    created.Parameters.AuthenticationToken = ua.NodeId(b"\x01\x02opaque", 0,
-                                                       ua.NodeIdType.ByteString)
-    created.ResponseHeader.ServiceDiagnostics = ua.DiagnosticInfo(
-        AdditionalInfo="diag", InnerStatusCode=ua.StatusCode(5))
-    created.ResponseHeader.StringTable = ["a", "bc"]
-    head = uaf.parse_response(_msg(created))
-    assert (head.type_id, head.status, head.request_id) == (uaf.CREATE_SESSION_RESPONSE, 0, 4)
-    assert head.auth_token == ua_binary.nodeid_to_binary(created.Parameters.AuthenticationToken)
-
-    fault = ua.ServiceFault()
-    fault.ResponseHeader.ServiceResult = ua.StatusCode(ua.StatusCodes.BadSecurityChecksFailed)
-    head = uaf.parse_response(_msg(fault))
-    assert (head.type_id, head.status) == (uaf.SERVICE_FAULT,
-                                           ua.StatusCodes.BadSecurityChecksFailed)
-    assert uaf.status_text(head.status) == "BadSecurityChecksFailed"
-
-
-def test_acknowledge_and_error_encoded_by_asyncua_are_parsed() -> None:
-    from asyncua import ua
-    from asyncua.ua import ua_binary
-
-    ack = ua.Acknowledge()
-    ack.ReceiveBufferSize, ack.SendBufferSize = 8192, 16384
-    buf = bytearray(ua_binary.uatcp_to_binary(ua.MessageType.Acknowledge, ack))
-    err = ua.ErrorMessage(ua.StatusCode(ua.StatusCodes.BadTcpServerTooBusy), "busy")
-    buf += ua_binary.uatcp_to_binary(ua.MessageType.Error, err)
-    buf += b"MSGF\x40"  # the start of a next chunk stays in the buffer
-    chunks = uaf.split_chunks(buf)
-    assert [c.mtype for c in chunks] == [b"ACK", b"ERR"]
-    assert bytes(buf) == b"MSGF\x40"
-    got = uaf.parse_acknowledge(chunks[0])
-    assert (got.receive_buffer_size, got.send_buffer_size) == (8192, 16384)
-    assert uaf.parse_error(chunks[1]) == (ua.StatusCodes.BadTcpServerTooBusy, "busy")
-
-
-@pytest.mark.parametrize("head", [b"XYZF\x10\x00\x00\x00", b"MSGQ\x10\x00\x00\x00",
-                                  b"MSGF\x04\x00\x00\x00", b"MSGF\xff\xff\xff\x7f"])
-def test_bad_chunk_headers_are_refused_before_their_body(head: bytes) -> None:
-    with pytest.raises(uaf.FrameError):
-        uaf.split_chunks(bytearray(head))
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=200))
-def test_garbage_is_a_frame_error_never_a_crash(data: bytes) -> None:
-    buf = bytearray(b"MSGF" + (8 + 16 + len(data)).to_bytes(4, "little") + bytes(16) + data)
-    try:
-        for chunk in uaf.split_chunks(buf):
-            uaf.parse_response(chunk)
-    except uaf.FrameError:
-        pass
 
 
 # --------------------------------------------------------------------------- the simulator
