@@ -25,6 +25,10 @@ What every generator shares lives here and imports nothing heavy:
 - :class:`LoadResult`: what a generator did (sent, answered, errors, achieved rate, why it
   stopped) and its time series for the evidence;
 - :func:`why_stop`: the three bounds of a sending loop checked in one call;
+- :func:`run_senders` and :func:`senders_for`: a sending loop on several threads sharing one
+  pacer, for raw and UDP sends (all kernel work, with the GIL released); connect storms, whose
+  Python sockets need the GIL at every connect and close, spread over worker *processes*
+  instead (:mod:`harness.load.workers`). Both only above :data:`MULTI_SENDER_RATE`;
 - :class:`~harness.load.pool.ConnectionPool` (in :mod:`harness.load.pool`): the selector-driven
   connections under the Modbus/TCP and OPC UA floods.
 
@@ -34,17 +38,19 @@ Every loop that sends traffic here is bounded three ways: a deadline (at most th
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import os
 import socket
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from harness.errors import SafetyViolation
 
@@ -188,30 +194,42 @@ class Pacer:
     back covers the one case the window cannot see: a sender preempted between a grant and its
     sends, whose batch then lands later than it was counted; so even on the wire no one-second
     window exceeds ``rate``. The price is a long-run rate one burst (1 %) under the cap.
-    Not thread-safe: one pacer per generator loop.
+
+    One pacer per generator. When ``senders`` threads share it (:func:`run_senders`), each may
+    hold a granted batch not yet sent, so one burst per sender is held back, and grants are
+    taken under a lock.
 
     :param rate: events per second (> 0).
     :param burst: bucket size (default: 1 % of the rate, at least 1).
     :param clock: the monotonic clock (tests pass a fake one).
+    :param senders: threads that take grants from this pacer (>= 1).
     """
 
     WINDOW_S = 1.0
 
     def __init__(
-        self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        rate: float,
+        burst: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        senders: int = 1,
     ) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be > 0, got {rate}")
+        if senders < 1:
+            raise ValueError(f"senders must be >= 1, got {senders}")
         self.rate = float(rate)
         self.burst = max(1.0, burst if burst is not None else rate / 100.0)
         whole = int(rate * self.WINDOW_S)
-        reserve = math.ceil(self.burst)
-        self.window_cap = whole - reserve if whole > 2 * reserve else max(1, whole)
+        reserve = math.ceil(self.burst) * senders
+        self.window_cap = whole - reserve if whole > 2 * reserve else max(1, whole // senders)
         self._clock = clock
         self._tokens = 0.0
         self._last = clock()
         self._granted: deque[tuple[float, int]] = deque()
         self._in_window = 0
+        self._lock = threading.Lock() if senders > 1 else contextlib.nullcontext()
         self.total = 0
 
     def _expire(self, now: float) -> None:
@@ -220,30 +238,35 @@ class Pacer:
         while granted and granted[0][0] <= edge:
             self._in_window -= granted.popleft()[1]
 
-    def take(self, wanted: int) -> int:
-        """Grant up to ``wanted`` events now (possibly 0)."""
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        self._expire(now)
-        n = min(wanted, int(self._tokens), self.window_cap - self._in_window)
-        if n <= 0:
-            return 0
-        self._tokens -= n
-        self._granted.append((now, n))
-        self._in_window += n
-        self.total += n
-        return n
+    def take(self, wanted: int, limit: int | None = None) -> int:
+        """Grant up to ``wanted`` events now (possibly 0), and never more than ``limit`` in
+        all (over every sender: a count bound shared by threads stays exact)."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            self._expire(now)
+            n = min(wanted, int(self._tokens), self.window_cap - self._in_window)
+            if limit is not None:
+                n = min(n, limit - self.total)
+            if n <= 0:
+                return 0
+            self._tokens -= n
+            self._granted.append((now, n))
+            self._in_window += n
+            self.total += n
+            return n
 
     def wait_s(self) -> float:
         """Seconds until at least one event may be granted."""
-        now = self._clock()
-        tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
-        self._expire(now)
-        if self._in_window >= self.window_cap and self._granted:
-            wait = max(wait, self._granted[0][0] + self.WINDOW_S - now)
-        return max(0.0, wait)
+        with self._lock:
+            now = self._clock()
+            tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+            self._expire(now)
+            if self._in_window >= self.window_cap and self._granted:
+                wait = max(wait, self._granted[0][0] + self.WINDOW_S - now)
+            return max(0.0, wait)
 
 
 @dataclass
@@ -337,6 +360,92 @@ class Series:
             rows.append([round(index * BUCKET_S, 3), 0, 0])
         rows[-1][1] += sent
         rows[-1][2] += answered
+
+
+#: Rate (events per second) from which a sending loop runs on more than one thread: below it
+#: one Python thread keeps up with the cap with room to spare, and one sender keeps the pacing
+#: simple to reason about.
+MULTI_SENDER_RATE = 5000.0
+#: Most sender threads a generator uses. The work of a connect or a raw send is in the kernel,
+#: with the GIL released, so threads scale with the cores; beyond two the GIL is the limit.
+MAX_SENDERS = 2
+
+_T = TypeVar("_T")
+
+
+def senders_for(rate: float) -> int:
+    """How many threads a sending loop capped at ``rate`` uses (1 below
+    :data:`MULTI_SENDER_RATE`, else up to :data:`MAX_SENDERS` and the machine's cores)."""
+    if rate < MULTI_SENDER_RATE:
+        return 1
+    return max(1, min(MAX_SENDERS, os.cpu_count() or 1))
+
+
+class AnyStop:
+    """Set when any of its stop signals is set."""
+
+    def __init__(self, *signals: Stoppable) -> None:
+        self.signals = signals
+
+    def is_set(self) -> bool:
+        """True once any signal is set."""
+        return any(s.is_set() for s in self.signals)
+
+
+def run_senders(count: int, stop: Stoppable, body: Callable[[int, Stoppable], _T]) -> list[_T]:
+    """Run ``body(i, halt)`` for i in 0 .. ``count - 1`` at once, ``body(0, halt)`` on the
+    calling thread and the others on their own threads; return their results in order.
+
+    ``halt`` is set when ``stop`` is, and as soon as any body raises (Ctrl-C on the calling
+    thread included), so the other senders stop within one batch, not at their deadline. Each
+    body must be bounded by itself (deadline, count, ``halt``). The first exception raised is
+    raised here, after every thread has ended.
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    failed = threading.Event()
+    halt = AnyStop(stop, failed)
+    if count == 1:
+        return [body(0, halt)]
+    results: dict[int, _T] = {}
+    failures: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            results[index] = body(index, halt)
+        except BaseException as exc:  # re-raised on the calling thread below
+            failures.append(exc)
+            failed.set()
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"harness-sender-{i}", daemon=True)
+               for i in range(1, count)]
+    for th in threads:
+        th.start()
+    try:
+        run(0)
+        for th in threads:
+            th.join()
+    except BaseException:  # e.g. Ctrl-C while waiting: stop every sender before leaving
+        failed.set()
+        for th in threads:
+            th.join()
+        raise
+    if failures:
+        raise failures[0]
+    return [results[i] for i in range(count)]
+
+
+def merge_series(parts: list[list[list[float]]]) -> list[list[float]]:
+    """Several :class:`Series` rows (same start, same buckets) added into one."""
+    if len(parts) == 1:
+        return parts[0]
+    buckets: dict[float, list[float]] = {}
+    for rows in parts:
+        for t, sent, answered in rows:
+            row = buckets.setdefault(t, [t, 0, 0])
+            row[1] += sent
+            row[2] += answered
+    return [buckets[t] for t in sorted(buckets)]
 
 
 def why_stop(

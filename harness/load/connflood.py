@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from harness.load import LoadResult, NeverStop, Pacer, Series, Stoppable, why_stop
+from harness.load import LoadResult, NeverStop, Pacer, Series, Stoppable, senders_for, why_stop
 from harness.protocols.uatcp import hello
 
 if TYPE_CHECKING:
@@ -36,6 +36,9 @@ MBAP_PARTIAL = struct.pack(">HHH", 1, 0, 254)
 #: Most connections one hold may keep open.
 MAX_HOLD = 1024
 _LINGER_RST = struct.pack("ii", 1, 0)
+#: Connections granted to a storm sender at once (it checks its bounds once per batch: a
+#: batch lasts a few milliseconds at full speed).
+_STORM_BATCH = 32
 
 
 def ssh_greeting() -> bytes:
@@ -56,39 +59,54 @@ def _family(address: str) -> int:
 def connect_storm(host: str, port: int, *, guard: Guard, rate: float, duration_s: float,
                   payload: bytes | None = None, close: str = "fin", timeout_s: float = 3.0,
                   max_connections: int | None = None, stop: Stoppable | None = None,
-                  kind: str = "connect_storm") -> LoadResult:
+                  kind: str = "connect_storm", workers: int | None = None) -> LoadResult:
     """Connect and close at most ``rate`` times per second for ``duration_s``.
 
     ``sent`` counts attempts, ``answered`` established connections, ``rejected`` refused ones,
     ``errors`` timeouts and other failures.
+
+    ``workers`` processes share the rate cap and the count (default:
+    :func:`~harness.load.senders_for` the rate, so one below a few thousand per second): a
+    connection's cost is the kernel's, so a second process nearly doubles what one Python loop
+    reaches (:mod:`harness.load.workers`).
     """
     if close not in ("fin", "rst"):
         raise ValueError(f"close must be 'fin' or 'rst', got {close!r}")
     address = guard.check_destination(host, port)
-    family = _family(address)
+    count = workers if workers is not None else senders_for(rate)
+    if count > 1:
+        from harness.load.workers import merge, run_in_processes, split
+
+        start = time.monotonic()
+        limits = split(max_connections, count) if max_connections is not None else [None] * count
+        shares = [{"host": host, "port": port, "rate": rate / count, "payload_hex":
+                   payload.hex() if payload else None, "close": close, "timeout_s": timeout_s,
+                   "max_connections": limit, "kind": kind, "workers": 1} for limit in limits]
+        parts = run_in_processes("connect_storm", count, guard=guard, stop=stop or NeverStop(),
+                                 deadline=start + duration_s, shares=shares)
+        return merge(parts, kind, f"{host}:{port}", rate)
     stop = stop or NeverStop()
     pacer = Pacer(rate)
     start = time.monotonic()
     deadline = start + duration_s
-    limit = max_connections if max_connections is not None else 1 << 62
     result = LoadResult(kind, f"{host}:{port}", rate, started=start)
     result.details.update({"close": close, "payload_bytes": len(payload or b"")})
     series = Series(start)
     errors: dict[str, int] = {}
     reason = "duration"
+    family = _family(address)
     dest = (address, port)
     rst = close == "rst"
     sol, linger, sndtimeo = socket.SOL_SOCKET, socket.SO_LINGER, socket.SO_SNDTIMEO
-    is_set = stop.is_set
     make = socket.socket
     sent = established = refused = failed = 0
     while True:
         now = time.monotonic()
-        stopped = why_stop(stop, now, deadline, sent, limit)
+        stopped = why_stop(stop, now, deadline, sent, max_connections)
         if stopped is not None:
             reason = stopped
             break
-        n = pacer.take(min(64, limit - sent))
+        n = pacer.take(_STORM_BATCH, max_connections)
         if n == 0:
             time.sleep(min(pacer.wait_s(), max(0.0, deadline - now), 0.05))
             continue
@@ -96,12 +114,13 @@ def connect_storm(host: str, port: int, *, guard: Guard, rate: float, duration_s
         timeout = max(0.05, min(timeout_s, deadline - now))
         tv = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
         before = established
+        tried = 0
         for _ in range(n):
             sock = make(family, socket.SOCK_STREAM)
             if rst:
                 sock.setsockopt(sol, linger, _LINGER_RST)
             sock.setsockopt(sol, sndtimeo, tv)
-            sent += 1
+            tried += 1
             try:
                 sock.connect(dest)
                 established += 1
@@ -113,11 +132,14 @@ def connect_storm(host: str, port: int, *, guard: Guard, rate: float, duration_s
                 failed += 1
                 key = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
                 errors[key] = errors.get(key, 0) + 1
+                # A device gone silent makes each connect wait its timeout: re-check the bounds
+                # now, not after the whole batch.
+                if time.monotonic() >= deadline or stop.is_set():
+                    break
             finally:
                 sock.close()
-            if is_set():
-                break
-        series.add(now, n, established - before)
+        sent += tried
+        series.add(now, tried, established - before)
     result.sent, result.answered, result.rejected, result.errors = (sent, established, refused,
                                                                     failed)
     result.ended = time.monotonic()

@@ -29,7 +29,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self
 
 from harness.errors import HarnessError
-from harness.load import LoadResult, NeverStop, Pacer, Series, Stoppable, is_root, why_stop
+from harness.load import (
+    LoadResult,
+    NeverStop,
+    Pacer,
+    Series,
+    Stoppable,
+    is_root,
+    merge_series,
+    run_senders,
+    senders_for,
+    why_stop,
+)
 
 if TYPE_CHECKING:
     from harness.safety import Guard
@@ -176,71 +187,87 @@ class RawSender(SocketSender):
 
     def flood(self, packets: list[bytes], *, rate: float, duration_s: float,
               max_packets: int | None = None, stop: Stoppable | None = None,
-              kind: str = "raw_flood", port: int = 0) -> LoadResult:
-        """Cycle through ``packets`` at most ``rate`` per second for ``duration_s``."""
+              kind: str = "raw_flood", port: int = 0, senders: int | None = None
+              ) -> LoadResult:
+        """Cycle through ``packets`` at most ``rate`` per second for ``duration_s``
+        (:func:`paced_send`)."""
         return paced_send(self.sock.sendto, (self.address, 0), packets, rate=rate,
                           duration_s=duration_s, max_packets=max_packets, stop=stop, kind=kind,
-                          target=f"{self.host}:{port}")
+                          target=f"{self.host}:{port}", senders=senders)
 
 
 def paced_send(sendto: Callable[[bytes, tuple[str, int]], int], dest: tuple[str, int],
                packets: list[bytes], *, rate: float, duration_s: float,
                max_packets: int | None = None, stop: Stoppable | None = None,
-               kind: str = "raw_flood", target: str = "") -> LoadResult:
+               kind: str = "raw_flood", target: str = "", senders: int | None = None
+               ) -> LoadResult:
     """Send ``packets`` in turn to ``dest`` through ``sendto`` (a socket's), at most ``rate`` per
     second, until ``duration_s``, ``max_packets`` or the stop flag.
+
+    ``senders`` threads share the socket and one :class:`~harness.load.Pacer` (default:
+    :func:`~harness.load.senders_for` the rate). A send is all kernel work, done with the GIL
+    released (on loopback the receiving stack runs in the sender's context too), so threads
+    scale with the cores here.
 
     A send error (``ENOBUFS``: the local queue is full; ``ECONNREFUSED`` and the like) is
     counted in ``errors`` and the rest of that batch is dropped.
     """
     if not packets:
         raise ValueError("no packets to send")
-    stop = stop or NeverStop()
-    pacer = Pacer(rate)
+    count = senders if senders is not None else senders_for(rate)
+    pacer = Pacer(rate, senders=count)
     start = time.monotonic()
     deadline = start + duration_s
-    limit = max_packets if max_packets is not None else 1 << 62
     result = LoadResult(kind, target, rate, started=start)
-    series = Series(start)
     n_packets = len(packets)
-    index = 0
-    reason = "duration"
-    while True:
-        now = time.monotonic()
-        stopped = why_stop(stop, now, deadline, result.sent, limit)
-        if stopped is not None:
-            reason = stopped
-            break
-        n = pacer.take(min(_BATCH, limit - result.sent))
-        if n == 0:
-            time.sleep(min(pacer.wait_s(), max(0.0, deadline - now), 0.05))
-            continue
-        sent = 0
-        try:
-            for _ in range(n):
-                sendto(packets[index], dest)
-                index += 1
-                if index == n_packets:
-                    index = 0
-                sent += 1
-        except OSError:
-            result.errors += 1
-        result.sent += sent
-        series.add(now, sent, 0)
+
+    def send(index: int, halt: Stoppable) -> tuple[int, int, str, list[list[float]]]:
+        series = Series(start)
+        at = index * n_packets // count  # each sender starts at its own place in the cycle
+        sent = errors = 0
+        reason = "duration"
+        while True:
+            now = time.monotonic()
+            stopped = why_stop(halt, now, deadline, pacer.total, max_packets)
+            if stopped is not None:
+                reason = stopped
+                break
+            n = pacer.take(_BATCH, max_packets)
+            if n == 0:
+                time.sleep(min(pacer.wait_s(), max(0.0, deadline - now), 0.05))
+                continue
+            done = 0
+            try:
+                for _ in range(n):
+                    sendto(packets[at], dest)
+                    at += 1
+                    if at == n_packets:
+                        at = 0
+                    done += 1
+            except OSError:
+                errors += 1
+            sent += done
+            series.add(now, done, 0)
+        return sent, errors, reason, series.rows
+
+    parts = run_senders(count, stop or NeverStop(), send)
     result.ended = time.monotonic()
-    result.stop_reason = reason
-    result.series = series.rows
-    result.details["variants"] = n_packets
+    result.sent = sum(part[0] for part in parts)
+    result.errors = sum(part[1] for part in parts)
+    result.stop_reason = parts[0][2]
+    result.series = merge_series([part[3] for part in parts])
+    result.details.update({"variants": n_packets, "senders": count})
     return result
 
 
 def syn_flood(host: str, port: int, *, guard: Guard, rate: float, duration_s: float,
-              max_packets: int | None = None, stop: Stoppable | None = None) -> LoadResult:
+              max_packets: int | None = None, stop: Stoppable | None = None,
+              senders: int | None = None) -> LoadResult:
     """SYNs to ``host:port`` at most ``rate`` per second for ``duration_s`` (root)."""
     with RawSender(guard, host) as sender:
         packets = syn_packets(sender.address, port)
         return sender.flood(packets, rate=rate, duration_s=duration_s, max_packets=max_packets,
-                            stop=stop, kind="syn_flood", port=port)
+                            stop=stop, kind="syn_flood", port=port, senders=senders)
 
 
 def icmp_echo_packets(dst: str, *, count: int = ICMP_VARIANTS, src: str | None = None,
@@ -259,7 +286,8 @@ def icmp_echo_packets(dst: str, *, count: int = ICMP_VARIANTS, src: str | None =
 
 
 def icmp_storm(host: str, *, guard: Guard, rate: float, duration_s: float,
-               max_packets: int | None = None, stop: Stoppable | None = None) -> LoadResult:
+               max_packets: int | None = None, stop: Stoppable | None = None,
+               senders: int | None = None) -> LoadResult:
     """ICMP echo requests to ``host`` at most ``rate`` per second for ``duration_s`` (root).
 
     The device's echo replies come back to our own address and are not read.
@@ -267,7 +295,8 @@ def icmp_storm(host: str, *, guard: Guard, rate: float, duration_s: float,
     with RawSender(guard, host) as sender:
         packets = icmp_echo_packets(sender.address)
         result = sender.flood(packets, rate=rate, duration_s=duration_s,
-                              max_packets=max_packets, stop=stop, kind="icmp_storm")
+                              max_packets=max_packets, stop=stop, kind="icmp_storm",
+                              senders=senders)
         result.details["payload_bytes"] = ICMP_PAYLOAD
         return result
 
@@ -280,7 +309,7 @@ def udp_payloads(*, count: int = UDP_VARIANTS, seed: int | None = None) -> list[
 
 def udp_storm(host: str, port: int, *, guard: Guard, rate: float, duration_s: float,
               max_packets: int | None = None, stop: Stoppable | None = None,
-              payloads: list[bytes] | None = None) -> LoadResult:
+              payloads: list[bytes] | None = None, senders: int | None = None) -> LoadResult:
     """UDP datagrams to ``host:port`` at most ``rate`` per second for ``duration_s``.
 
     Plain UDP socket (no privilege), unconnected, bound to an ephemeral port; ``payloads``
@@ -294,6 +323,6 @@ def udp_storm(host: str, port: int, *, guard: Guard, rate: float, duration_s: fl
         sock.bind(("", 0))
         result = paced_send(sock.sendto, (address, port), data, rate=rate,
                             duration_s=duration_s, max_packets=max_packets, stop=stop,
-                            kind="udp_storm", target=f"{host}:{port}")
+                            kind="udp_storm", target=f"{host}:{port}", senders=senders)
     result.details["payload_sizes"] = sorted({len(d) for d in data})
     return result

@@ -908,7 +908,7 @@ class HeartbeatWatch:
     :class:`~harness.load.Stoppable`) once the value of a node that was advancing has not
     changed for ``abort_ms``: the monitor's own abort sees latency and failures, not a stale
     value. Use as a context manager around the load; combine with the monitor's flag through
-    :class:`AnyStop`.
+    :class:`~harness.load.AnyStop`.
 
     :param samples: returns every sample so far (called on the watch's thread only while the
         watch runs).
@@ -958,13 +958,3 @@ class HeartbeatWatch:
             self._thread.join(timeout=5.0)
             self._thread = None
 
-
-class AnyStop:
-    """Set when any of its stop signals is set."""
-
-    def __init__(self, *signals: Stoppable) -> None:
-        self.signals = signals
-
-    def is_set(self) -> bool:
-        """True once any signal is set."""
-        return any(s.is_set() for s in self.signals)

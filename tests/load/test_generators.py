@@ -383,7 +383,8 @@ def _syn_to(port: int) -> Callable[[bytes, int], bool]:
 
 
 @root_only
-def test_syn_flood_never_exceeds_its_rate_on_the_wire() -> None:
+@pytest.mark.parametrize("senders", [1, 2])
+def test_syn_flood_never_exceeds_its_rate_on_the_wire(senders: int) -> None:
     from harness.load.netflood import syn_flood
 
     listener = socket.socket()
@@ -393,11 +394,13 @@ def test_syn_flood_never_exceeds_its_rate_on_the_wire() -> None:
     try:
         with wire_times("lo", _syn_to(port)) as seen:
             cap = 1500.0
-            result = syn_flood("127.0.0.1", port, guard=LOOPBACK, rate=cap, duration_s=1.6)
+            result = syn_flood("127.0.0.1", port, guard=LOOPBACK, rate=cap, duration_s=1.6,
+                               senders=senders)
             time.sleep(0.2)
     finally:
         listener.close()
-    assert result.sent > 0 and result.stop_reason == "duration"
+    assert result.details["senders"] == senders
+    assert result.sent > cap and result.stop_reason == "duration"
     assert 0 < len(seen) <= result.sent
     assert max_in_window(seen) <= cap
 
@@ -622,3 +625,117 @@ def test_l2_storm_never_exceeds_its_rate_on_the_declared_link(kind: str) -> None
     assert 0 < len(seen) <= result.sent
     assert max_in_window(seen) <= cap
     assert (counted.sent, counted.stop_reason) == (25, "count")
+
+
+# --------------------------------------------------------------------------- several senders
+def test_a_shared_pacer_holds_one_burst_back_per_sender() -> None:
+    clock = FakeClock()
+    one, two = (Pacer(1000.0, clock=clock.monotonic, senders=n) for n in (1, 2))
+    assert (one.window_cap, two.window_cap) == (990, 980)
+    with pytest.raises(ValueError, match="senders"):
+        Pacer(1000.0, senders=0)
+
+
+def test_a_shared_pacer_grants_exactly_its_limit_across_threads() -> None:
+    pacer = Pacer(1e9, senders=4)
+    granted: list[int] = []
+
+    def take() -> None:
+        end = time.monotonic() + 5
+        while pacer.total < 5000 and time.monotonic() < end:
+            granted.append(pacer.take(7, 5000))
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=10)
+    assert sum(granted) == pacer.total == 5000
+
+
+def test_a_failing_sender_halts_the_others_and_its_error_is_raised() -> None:
+    saw_halt: list[bool] = []
+
+    def body(index: int, halt: load_mod.Stoppable) -> int:
+        if index == 0:
+            raise OSError("send failed")
+        end = time.monotonic() + 10
+        while not halt.is_set() and time.monotonic() < end:
+            time.sleep(0.001)
+        saw_halt.append(halt.is_set())
+        return index
+
+    with pytest.raises(OSError, match="send failed"):
+        load_mod.run_senders(2, load_mod.NeverStop(), body)
+    assert saw_halt == [True]
+    assert load_mod.run_senders(3, load_mod.NeverStop(), lambda i, _h: i * 10) == [0, 10, 20]
+
+
+def test_senders_for_keeps_low_rates_on_one_thread() -> None:
+    assert load_mod.senders_for(load_mod.MULTI_SENDER_RATE - 1) == 1
+    assert 1 <= load_mod.senders_for(1e9) <= load_mod.MAX_SENDERS
+
+
+def test_udp_storm_on_two_senders_never_exceeds_its_rate_and_stops_at_its_count(
+        udp_sink: tuple[int, list[tuple[float, int]]]) -> None:
+    from harness.load.netflood import UDP_SIZES, udp_storm
+
+    port, seen = udp_sink
+    cap = 3000.0
+    result = udp_storm("127.0.0.1", port, guard=LOOPBACK, rate=cap, duration_s=1.6, senders=2)
+    _settle(lambda: len(seen), result.sent)
+    assert result.details["senders"] == 2 and result.stop_reason == "duration"
+    assert result.sent > cap
+    assert 0 < len(seen) <= result.sent
+    assert max_in_window([t for t, _ in seen]) <= cap
+    assert {size for _, size in seen} == set(UDP_SIZES)
+    assert sum(sent for _t, sent, _a in result.series) == result.sent
+    before = len(seen)
+    counted = udp_storm("127.0.0.1", port, guard=LOOPBACK, rate=5000, duration_s=5,
+                        max_packets=37, senders=2)
+    assert (counted.sent, counted.stop_reason) == (37, "count")
+    assert _settle(lambda: len(seen), before + 37) == before + 37
+
+
+def test_connect_storm_in_two_workers_never_exceeds_its_rate_at_the_device(
+        fake_plc: Callable[..., Any]) -> None:
+    plc = fake_plc()
+    cap = 120.0
+    result = connect_storm("127.0.0.1", plc.port, guard=LOOPBACK, rate=cap, duration_s=2.2,
+                           close="rst", payload=opcua_hello("opc.tcp://127.0.0.1/x"), workers=2)
+    accepted = _settle(lambda: len(plc.accepts), result.answered)
+    assert result.details["workers"] == 2
+    assert accepted == result.answered == result.sent > cap  # both workers sent
+    assert max_in_window(plc.accepts) <= cap
+    assert result.stop_reason == "duration"
+    assert sum(sent for _t, sent, _a in result.series) == result.sent
+
+
+def test_connect_storm_workers_stop_at_their_count_and_when_told(
+        fake_plc: Callable[..., Any]) -> None:
+    plc = fake_plc()
+    counted = connect_storm("127.0.0.1", plc.port, guard=LOOPBACK, rate=1000, duration_s=5,
+                            close="rst", max_connections=25, workers=2)
+    assert (counted.sent, counted.answered, counted.stop_reason) == (25, 25, "count")
+    assert _settle(lambda: len(plc.accepts), 25) == 25
+    # A plain Event (not shared memory): the caller relays it to the workers.
+    told = threading.Event()
+    timer = threading.Timer(0.8, told.set)
+    timer.start()
+    try:
+        stopped = connect_storm("127.0.0.1", plc.port, guard=LOOPBACK, rate=200, duration_s=8,
+                                close="rst", stop=told, workers=2)
+    finally:
+        timer.cancel()
+    assert stopped.stop_reason == "abort"
+    assert stopped.duration_s < 8.0
+    assert 0 < stopped.sent < 200 * 8
+
+
+def test_a_worker_failure_is_one_clear_error() -> None:
+    from harness.errors import HarnessError
+    from harness.load.workers import run_in_processes
+
+    with pytest.raises(HarnessError, match=r"load worker 0: KeyError: 'no_such_task'"):
+        run_in_processes("no_such_task", 1, guard=LOOPBACK, stop=load_mod.NeverStop(),
+                         deadline=time.monotonic() + 1, shares=[{}])

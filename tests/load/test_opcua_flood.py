@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from harness.errors import SafetyViolation, TargetError
-from harness.load import StopFlag
+from harness.load import AnyStop, StopFlag
 from harness.load import opcua_flood as uaf
 from harness.load.monitor import Sample
 from harness.safety import Guard
@@ -313,4 +313,4 @@ def test_the_watch_trips_on_a_stall_and_not_on_a_beat() -> None:
     with uaf.HeartbeatWatch(feed(None), PROBE, abort_ms=300) as calm:
         time.sleep(0.8)
     assert not calm.is_set()
-    assert uaf.AnyStop(calm, watch).is_set() and not uaf.AnyStop(calm).is_set()
+    assert AnyStop(calm, watch).is_set() and not AnyStop(calm).is_set()

@@ -2,10 +2,11 @@
 
 Run: ``python -m pytest tests/perf -p no:randomly -o python_files='bench_*.py' -s``
 
-Each measurement lasts SECONDS; every generator runs uncapped (the benchmark's own guard allows
-only 127.0.0.1). The native tool and the harness run alternately, ROUNDS times each, and the
-median of the per-round ratios is reported (the host is shared: single rounds are noisy). The
-only asserts are that each side did something.
+Each measurement lasts SECONDS; every generator runs uncapped. The benchmark's own guard allows
+only 127.0.0.1 and is armed as in a real run, so every connect and send passes its audit hook.
+The native tool and the harness run alternately, ROUNDS times each, and the median of the
+per-round ratios is reported (the host is shared: single rounds are noisy). The only asserts
+are that each side did something.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ ROUNDS = 3
 UNCAPPED = 1e9
 LOOPBACK = Guard(["127.0.0.1"])
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def armed_guard() -> Iterator[None]:
+    """The process-wide guard armed, as in a real run (every connect and send is checked)."""
+    LOOPBACK.arm()
+    yield
+    LOOPBACK.disarm()
 
 
 @pytest.fixture
