@@ -22,9 +22,12 @@ Probes (one thread each, polled at ``rate_hz``, default 50 Hz):
   Without a client certificate in the profile it falls back to a TCP connect to the endpoint
   (said in the config's ``note`` and so in the evidence).
 
-Every poll gives one sample ``{"t", "probe", "ok", "latency_ms", "value", "stall_ms", "error"}``
-(``t``: the system-wide monotonic clock, comparable with the parent's). A sample is *ok* when the
-probe answered within its bound and, for a heartbeat, the counter is not stalled.
+Every poll gives one sample ``{"t", "probe", "ok", "latency_ms", "value", "stall_ms", "error",
+"late_ms"}`` (``t``: the system-wide monotonic clock, comparable with the parent's). A sample is
+*ok* when the probe answered within its bound and, for a heartbeat, the counter is not stalled.
+``late_ms`` is how late the poll started against its schedule: the monitor's own scheduling
+delay, so the evidence shows whether our load starved the monitor itself (its figures carry
+its p99 and worst) rather than leaving that to trust.
 
 Abort: when any probe has ``abort_failed_samples`` failed samples in a row, or has not been ok
 for ``abort_stall_ms`` (checked every 10 ms, so a probe blocked in a read still trips it), the
@@ -296,6 +299,9 @@ class Sample:
     #: Heartbeat: ms since the value last changed.
     stall_ms: float | None = None
     error: str = ""
+    #: How late the poll started against its schedule (ms): the monitor's own scheduling
+    #: delay, which shows whether our load starved the monitor (None: not measured).
+    late_ms: float | None = None
 
     def to_json(self) -> str:
         """One JSON line."""
@@ -308,6 +314,7 @@ class Sample:
                 "value": self.value,
                 "stall_ms": None if self.stall_ms is None else round(self.stall_ms, 1),
                 "error": self.error,
+                "late_ms": None if self.late_ms is None else round(self.late_ms, 3),
             }
         )
 
@@ -649,7 +656,9 @@ def _run_probe(
     next_at = time.monotonic()
     try:
         while not stop.is_set():
+            late_ms = (time.monotonic() - next_at) * 1000.0
             s = probe.sample()
+            s.late_ms = late_ms
             if s.ok:
                 state.consecutive_failed = 0
                 state.last_ok = s.t if state.last_ok is None else max(state.last_ok, s.t)
@@ -968,6 +977,10 @@ class ProbeFigures:
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
     latency_max_ms: float | None = None
+    #: The monitor's own lateness against its poll schedule (p99 and worst, ms): small figures
+    #: show the load did not starve the monitor, so the latencies above are the device's.
+    late_p99_ms: float | None = None
+    late_max_ms: float | None = None
     #: Error text -> count (the first 40 characters of each).
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -984,6 +997,7 @@ def figures(samples: Iterable[Sample], probe: str, t0: float, t1: float) -> Prob
     """The figures of ``probe`` over samples started in ``[t0, t1]``."""
     fig = ProbeFigures(probe)
     latencies: list[float] = []
+    lateness: list[float] = []
     run = 0
     last_ok = t0
     for s in samples:
@@ -992,6 +1006,8 @@ def figures(samples: Iterable[Sample], probe: str, t0: float, t1: float) -> Prob
         fig.samples += 1
         if s.latency_ms is not None:
             latencies.append(s.latency_ms)
+        if s.late_ms is not None:
+            lateness.append(s.late_ms)
         if s.stall_ms is not None:
             fig.max_stall_ms = max(fig.max_stall_ms, s.stall_ms)
         if s.ok:
@@ -1009,6 +1025,8 @@ def figures(samples: Iterable[Sample], probe: str, t0: float, t1: float) -> Prob
     fig.latency_p50_ms = _percentile(latencies, 50)
     fig.latency_p99_ms = _percentile(latencies, 99)
     fig.latency_max_ms = max(latencies) if latencies else None
+    fig.late_p99_ms = _percentile(lateness, 99)
+    fig.late_max_ms = max(lateness) if lateness else None
     return fig
 
 

@@ -890,7 +890,8 @@ def _run_monitor(results: dict[str, Any], checks: list[dict[str, Any]],
     rows = "".join(
         f"<tr><td><code>{_e(name)}</code></td><td>{_e(fig.get('samples'))}</td>"
         f"<td>{_e(fig.get('failed'))}</td><td>{ms(fig.get('longest_outage_ms'))}</td>"
-        f"<td>{ms(fig.get('latency_p50_ms'))}</td><td>{ms(fig.get('latency_p99_ms'))}</td></tr>"
+        f"<td>{ms(fig.get('latency_p50_ms'))}</td><td>{ms(fig.get('latency_p99_ms'))}</td>"
+        f"<td>{ms(fig.get('late_p99_ms'))}</td></tr>"
         for name, fig in sorted(section.get("probes", {}).items()) if isinstance(fig, dict)
     )
     anchors = {c.get("nodeid"): ids[i] for i, c in enumerate(checks)}
@@ -906,7 +907,9 @@ def _run_monitor(results: dict[str, Any], checks: list[dict[str, Any]],
         f"{_e(section.get('rate_hz'))} Hz over {_e(section.get('duration_s'))} s. The monitor "
         "observes; a check's verdict is what that check saw.</p>"
         "<table><thead><tr><th>Probe</th><th>Samples</th><th>Out of bounds</th>"
-        "<th>Longest outage (ms)</th><th>p50 (ms)</th><th>p99 (ms)</th></tr></thead>"
+        "<th>Longest outage (ms)</th><th>p50 (ms)</th><th>p99 (ms)</th>"
+        "<th title='how late the monitor itself polled, against its schedule: small means our "
+        "load did not starve it'>Monitor late, p99 (ms)</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
         + (f"<h3>Out of bounds while these checks ran</h3><ul>{''.join(during)}</ul>"
            if during else "<p>Within bounds during every check.</p>")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -50,6 +52,15 @@ def test_figures_count_failures_runs_and_error_kinds() -> None:
     assert fig.errors == {"stalled": 3, "timeout": 2}
     assert fig.max_stall_ms >= 605.0
     assert fig.latency_max_ms == 500.0
+
+
+def test_figures_carry_the_monitors_own_lateness() -> None:
+    samples = _series("oooooooooo")
+    for i, sample in enumerate(samples):
+        sample.late_ms = 0.1 if i != 6 else 40.0
+    fig = figures(samples, HB, 100.0, 101.0)
+    assert (fig.late_p99_ms, fig.late_max_ms) == (40.0, 40.0)
+    assert figures(_series("oo"), HB, 100.0, 101.0).late_p99_ms is None  # not measured
 
 
 def test_figures_only_count_the_window_and_the_probe() -> None:
@@ -159,6 +170,25 @@ def test_monitor_samples_a_counting_heartbeat(fake_plc: Callable[..., Any],
     assert values == sorted(values)  # int and increasing (no wrap within a second)
     assert len(set(values)) > 1
     assert not mon.flag.is_set()
+
+
+def test_a_starved_monitor_shows_in_its_own_lateness(
+        fake_plc: Callable[..., Any], run_monitor: Callable[..., MonitorProcess]) -> None:
+    plc = fake_plc()
+    mon = run_monitor(_heartbeat_config(plc.port, abort_stall_ms=60_000.0))
+    _wait_for(lambda: len(mon.poll()) >= 10)
+    calm = [s.late_ms for s in mon.poll()]
+    assert all(late is not None for late in calm)
+    pid = mon._proc.pid  # type: ignore[union-attr]
+    os.kill(pid, signal.SIGSTOP)  # starve the monitor for 0.4 s, as a load that hogged it would
+    try:
+        time.sleep(0.4)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    _wait_for(lambda: len(mon.poll()) >= len(calm) + 10)
+    later = [s.late_ms for s in mon.poll()[len(calm):] if s.late_ms is not None]
+    assert max(later) >= 300.0
+    assert max(calm) < 300.0  # so the figure is the stop, not the monitor's usual pace
 
 
 def test_stall_fails_samples_and_trips_the_abort(fake_plc: Callable[..., Any],
