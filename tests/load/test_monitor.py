@@ -179,7 +179,8 @@ def test_a_starved_monitor_shows_in_its_own_lateness(
     _wait_for(lambda: len(mon.poll()) >= 10)
     calm = [s.late_ms for s in mon.poll()]
     assert all(late is not None for late in calm)
-    pid = mon._proc.pid  # type: ignore[union-attr]
+    pid = mon.pid
+    assert pid is not None
     os.kill(pid, signal.SIGSTOP)  # starve the monitor for 0.4 s, as a load that hogged it would
     try:
         time.sleep(0.4)
@@ -189,6 +190,22 @@ def test_a_starved_monitor_shows_in_its_own_lateness(
     later = [s.late_ms for s in mon.poll()[len(calm):] if s.late_ms is not None]
     assert max(later) >= 300.0
     assert max(calm) < 300.0  # so the figure is the stop, not the monitor's usual pace
+
+
+@pytest.mark.skipif(not (hasattr(os, "geteuid") and os.geteuid() == 0),
+                    reason="the real-time class needs root")
+def test_as_root_the_probe_threads_poll_in_the_real_time_class(
+        fake_plc: Callable[..., Any], run_monitor: Callable[..., MonitorProcess]) -> None:
+    plc = fake_plc()
+    mon = run_monitor(_heartbeat_config(plc.port))
+    _wait_for(lambda: len(mon.poll()) >= 5)
+    pid = mon.pid
+    assert pid is not None
+    tasks = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    policies = {tid: os.sched_getscheduler(tid) for tid in tasks}
+    assert policies[pid] != os.SCHED_FIFO  # the main thread (writing samples) stays ordinary
+    assert list(policies.values()).count(os.SCHED_FIFO) == 1  # the one probe thread
+    assert os.getpriority(os.PRIO_PROCESS, pid) == -10
 
 
 def test_stall_fails_samples_and_trips_the_abort(fake_plc: Callable[..., Any],
