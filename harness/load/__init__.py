@@ -478,6 +478,15 @@ def open_tcp(address: str, port: int, timeout_s: float) -> socket.socket:
     return sock
 
 
+def child_env() -> dict[str, str]:
+    """The environment for a helper process (the monitor, a load worker) that must import this
+    very ``harness`` package: ours, with the package's folder first on ``PYTHONPATH``."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 def is_root() -> bool:
     """True when raw sockets are available (root)."""
     return hasattr(os, "geteuid") and os.geteuid() == 0

@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from harness.errors import HarnessError
-from harness.load import StopFlag, open_tcp
+from harness.load import StopFlag, child_env, open_tcp
 
 if TYPE_CHECKING:
     from harness.profile import LoadedProfile
@@ -855,9 +855,7 @@ class MonitorProcess:
         fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(self.config.to_json())
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env = child_env()
         for spec in self.config.probes:
             if spec.opcua and spec.opcua["password_ref"].startswith("inline:"):
                 env["HARNESS_MONITOR_OPCUA_PASSWORD"] = spec.opcua["password_ref"][7:]

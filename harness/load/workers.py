@@ -28,17 +28,19 @@ deadline and the result's start and end times mean the same in both processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
-from harness.load import BUCKET_S, LoadResult, StopFlag, Stoppable
+from harness.load import BUCKET_S, LoadResult, StopFlag, Stoppable, child_env
 
 if TYPE_CHECKING:
     from harness.safety import Guard
@@ -78,61 +80,77 @@ def run_in_processes(task: str, count: int, *, guard: Guard, stop: Stoppable, de
     if len(shares) != count:
         raise ValueError(f"{count} workers need {count} shares, got {len(shares)}")
     allow = [str(n) for n in guard.networks]
+    env = child_env()
     halt = StopFlag()
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for kwargs in shares:
-            spec = {"task": task, "kwargs": kwargs, "allow": allow, "deadline": deadline,
-                    "halt": str(halt.path)}
-            proc = subprocess.Popen([sys.executable, "-m", "harness.load.workers"],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE)
-            procs.append(proc)
-            assert proc.stdin is not None
-            proc.stdin.write(json.dumps(spec).encode())
-            proc.stdin.close()
-        kill_at = max(deadline, time.monotonic()) + GRACE_S
-        while any(p.poll() is None for p in procs):
-            if stop.is_set():
-                halt.set()
-            if time.monotonic() > kill_at:
-                break
-            time.sleep(RELAY_S)
-    except BaseException:
-        halt.set()  # e.g. Ctrl-C: the workers stop within one batch
-        raise
-    finally:
-        _reap(procs, halt)
-        halt.close()
-    return [_result(p, i) for i, p in enumerate(procs)]
+    workers: list[_Worker] = []
+    with contextlib.ExitStack() as files:
+        try:
+            for kwargs in shares:
+                spec = {"task": task, "kwargs": kwargs, "allow": allow, "deadline": deadline,
+                        "halt": str(halt.path)}
+                out = files.enter_context(tempfile.TemporaryFile())
+                err = files.enter_context(tempfile.TemporaryFile())
+                workers.append(_Worker.start(json.dumps(spec).encode(), env, out, err))
+            kill_at = max(deadline, time.monotonic()) + GRACE_S
+            while any(w.proc.poll() is None for w in workers):
+                if stop.is_set():
+                    halt.set()
+                if time.monotonic() > kill_at:
+                    break
+                time.sleep(RELAY_S)
+        except BaseException:
+            halt.set()  # e.g. Ctrl-C: the workers stop within one batch
+            raise
+        finally:
+            for w in workers:
+                w.reap(halt)
+            halt.close()
+        return [w.result(i) for i, w in enumerate(workers)]
 
 
-def _reap(procs: list[subprocess.Popen[bytes]], halt: StopFlag) -> None:
-    for proc in procs:
-        if proc.poll() is None:
+class _Worker:
+    """One worker process; its output goes to unnamed temporary files (a result of any size
+    cannot fill a pipe and block the worker while we wait for it)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], out: IO[bytes], err: IO[bytes]) -> None:
+        self.proc, self.out, self.err = proc, out, err
+
+    @classmethod
+    def start(cls, spec: bytes, env: dict[str, str], out: IO[bytes], err: IO[bytes]) -> _Worker:
+        """Start a worker on ``spec``, its output going to ``out`` and ``err``."""
+        proc = subprocess.Popen([sys.executable, "-m", "harness.load.workers"],
+                                stdin=subprocess.PIPE, stdout=out, stderr=err, env=env)
+        assert proc.stdin is not None
+        proc.stdin.write(spec)
+        proc.stdin.close()
+        return cls(proc, out, err)
+
+    def reap(self, halt: StopFlag) -> None:
+        """Stop the worker if it still runs (the halt flag, then a kill)."""
+        if self.proc.poll() is None:
             halt.set()
             try:
-                proc.wait(timeout=2.0)
+                self.proc.wait(timeout=2.0)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                self.proc.kill()
+                self.proc.wait()
 
-
-def _result(proc: subprocess.Popen[bytes], index: int) -> LoadResult:
-    assert proc.stdout is not None and proc.stderr is not None
-    out, err = proc.stdout.read(), proc.stderr.read()
-    proc.stdout.close()
-    proc.stderr.close()
-    try:
-        data = json.loads(out or b"null")
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        raise HarnessError(f"load worker {index} ended with code {proc.returncode}: {tail[0]}")
-    if "error" in data:
-        raise HarnessError(f"load worker {index}: {data['error']}")
-    return LoadResult(**data)
+    def result(self, index: int) -> LoadResult:
+        """What the worker did; :class:`HarnessError` when it failed or said nothing."""
+        self.out.seek(0)
+        self.err.seek(0)
+        out, err = self.out.read(), self.err.read()
+        try:
+            data = json.loads(out or b"null")
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise HarnessError(
+                f"load worker {index} ended with code {self.proc.returncode}: {tail[0]}")
+        if "error" in data:
+            raise HarnessError(f"load worker {index}: {data['error']}")
+        return LoadResult(**data)
 
 
 def merge(results: Sequence[LoadResult], kind: str, target: str, rate_cap: float) -> LoadResult:

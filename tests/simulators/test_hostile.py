@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from harness.protocols.uatcp import hello as opcua_hello
+
 pytestmark = pytest.mark.timeout(90)
 
 #: Seconds anything that must answer has to answer.
@@ -98,13 +100,6 @@ def silent(sock: socket.socket, seconds: float = SILENCE_S) -> bool:
 def read_request(tid: int, unit: int = 1, address: int = 0, count: int = 2) -> bytes:
     """A Modbus/TCP FC 3 request."""
     return struct.pack(">HHHBBHH", tid, 0, 6, unit, 3, address, count)
-
-
-def opcua_hello(url: str) -> bytes:
-    """An OPC UA Hello message for ``url``."""
-    raw = url.encode()
-    body = struct.pack("<IIIII", 0, 65535, 65535, 0, 0) + struct.pack("<i", len(raw)) + raw
-    return b"HELF" + struct.pack("<I", 8 + len(body)) + body
 
 
 def crc16(data: bytes) -> int:
