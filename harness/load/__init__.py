@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -462,6 +462,40 @@ def why_stop(
     if limit is not None and done >= limit:
         return "count"
     return None
+
+
+class Batches:
+    """The grant loop of a simple sender: ``for now, n in Batches(...)`` yields each batch the
+    pacer grants (``n`` events, granted at ``now``), sleeping while it grants none, until a
+    bound ends the loop; :attr:`reason` then says which one (as :func:`why_stop`).
+
+    :param pacer: grants events (shared by every sender of one load).
+    :param stop: the stop signal.
+    :param deadline: monotonic end of the load.
+    :param batch: most events per batch.
+    :param limit: most events in all (over every sender of the pacer), or None.
+    """
+
+    def __init__(self, pacer: Pacer, stop: Stoppable, deadline: float, batch: int,
+                 limit: int | None = None) -> None:
+        self.pacer, self.stop, self.deadline = pacer, stop, deadline
+        self.batch, self.limit = batch, limit
+        #: Why the loop ended (``duration`` until it has).
+        self.reason = "duration"
+
+    def __iter__(self) -> Iterator[tuple[float, int]]:
+        pacer, deadline = self.pacer, self.deadline
+        while True:
+            now = time.monotonic()
+            stopped = why_stop(self.stop, now, deadline, pacer.total, self.limit)
+            if stopped is not None:
+                self.reason = stopped
+                return
+            n = pacer.take(self.batch, self.limit)
+            if n == 0:
+                time.sleep(min(pacer.wait_s(), max(0.0, deadline - now), 0.05))
+                continue
+            yield now, n
 
 
 def open_tcp(address: str, port: int, timeout_s: float) -> socket.socket:

@@ -25,7 +25,16 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from harness.load import LoadResult, NeverStop, Pacer, Series, Stoppable, senders_for, why_stop
+from harness.load import (
+    Batches,
+    LoadResult,
+    NeverStop,
+    Pacer,
+    Series,
+    Stoppable,
+    senders_for,
+    why_stop,
+)
 from harness.protocols.uatcp import hello
 
 if TYPE_CHECKING:
@@ -93,23 +102,14 @@ def connect_storm(host: str, port: int, *, guard: Guard, rate: float, duration_s
     result.details.update({"close": close, "payload_bytes": len(payload or b"")})
     series = Series(start)
     errors: dict[str, int] = {}
-    reason = "duration"
     family = _family(address)
     dest = (address, port)
     rst = close == "rst"
     sol, linger, sndtimeo = socket.SOL_SOCKET, socket.SO_LINGER, socket.SO_SNDTIMEO
     make = socket.socket
     sent = established = refused = failed = 0
-    while True:
-        now = time.monotonic()
-        stopped = why_stop(stop, now, deadline, sent, max_connections)
-        if stopped is not None:
-            reason = stopped
-            break
-        n = pacer.take(_STORM_BATCH, max_connections)
-        if n == 0:
-            time.sleep(min(pacer.wait_s(), max(0.0, deadline - now), 0.05))
-            continue
+    batches = Batches(pacer, stop, deadline, _STORM_BATCH, max_connections)
+    for now, n in batches:
         # A blocking connect bounded by SO_SNDTIMEO: one system call, no poll (Linux).
         timeout = max(0.05, min(timeout_s, deadline - now))
         tv = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
@@ -143,7 +143,7 @@ def connect_storm(host: str, port: int, *, guard: Guard, rate: float, duration_s
     result.sent, result.answered, result.rejected, result.errors = (sent, established, refused,
                                                                     failed)
     result.ended = time.monotonic()
-    result.stop_reason = reason
+    result.stop_reason = batches.reason
     result.series = series.rows
     if errors:
         result.details["error_kinds"] = errors

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from harness.errors import HarnessError
 from harness.load import (
+    Batches,
     LoadResult,
     NeverStop,
     Pacer,
@@ -39,7 +40,6 @@ from harness.load import (
     merge_series,
     run_senders,
     senders_for,
-    why_stop,
 )
 
 if TYPE_CHECKING:
@@ -225,17 +225,8 @@ def paced_send(sendto: Callable[[bytes, tuple[str, int]], int], dest: tuple[str,
         series = Series(start)
         at = index * n_packets // count  # each sender starts at its own place in the cycle
         sent = errors = 0
-        reason = "duration"
-        while True:
-            now = time.monotonic()
-            stopped = why_stop(halt, now, deadline, pacer.total, max_packets)
-            if stopped is not None:
-                reason = stopped
-                break
-            n = pacer.take(_BATCH, max_packets)
-            if n == 0:
-                time.sleep(min(pacer.wait_s(), max(0.0, deadline - now), 0.05))
-                continue
+        batches = Batches(pacer, halt, deadline, _BATCH, max_packets)
+        for now, n in batches:
             done = 0
             try:
                 for _ in range(n):
@@ -248,7 +239,7 @@ def paced_send(sendto: Callable[[bytes, tuple[str, int]], int], dest: tuple[str,
                 errors += 1
             sent += done
             series.add(now, done, 0)
-        return sent, errors, reason, series.rows
+        return sent, errors, batches.reason, series.rows
 
     parts = run_senders(count, stop or NeverStop(), send)
     result.ended = time.monotonic()
