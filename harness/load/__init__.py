@@ -365,7 +365,7 @@ class Series:
 #: Rate (events per second) from which a sending loop runs on more than one thread: below it
 #: one Python thread keeps up with the cap with room to spare, and one sender keeps the pacing
 #: simple to reason about.
-MULTI_SENDER_RATE = 5000.0
+MULTI_SENDER_RATE = 10_000.0
 #: Most sender threads a generator uses. The work of a connect or a raw send is in the kernel,
 #: with the GIL released, so threads scale with the cores; beyond two the GIL is the limit.
 MAX_SENDERS = 2
