@@ -5,7 +5,9 @@ Caps are checked where they matter: on what the (test) device *received*, per on
 
 from __future__ import annotations
 
+import _thread
 import contextlib
+import os
 import random
 import select
 import socket
@@ -15,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -730,6 +733,42 @@ def test_connect_storm_workers_stop_at_their_count_and_when_told(
     assert stopped.stop_reason == "abort"
     assert stopped.duration_s < 8.0
     assert 0 < stopped.sent < 200 * 8
+
+
+def _worker_children() -> list[int]:
+    """Our child processes running a load worker (from /proc)."""
+    mine = str(os.getpid())
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[1] == mine and b"harness.load.workers" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def test_ctrl_c_during_a_worker_storm_stops_every_worker(
+        fake_plc: Callable[..., Any]) -> None:
+    plc = fake_plc()
+    timer = threading.Timer(1.0, _thread.interrupt_main)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            connect_storm("127.0.0.1", plc.port, guard=LOOPBACK, rate=200, duration_s=8,
+                          close="rst", workers=2)
+        interrupted = time.monotonic()
+    finally:
+        timer.cancel()
+    assert _worker_children() == []  # reaped before the interrupt was raised on
+    before = len(plc.accepts)
+    time.sleep(0.5)
+    assert len(plc.accepts) == before  # nothing more reached the device
+    assert before > 0 and all(t <= interrupted for t in plc.accepts)
 
 
 def test_a_worker_failure_is_one_clear_error() -> None:
