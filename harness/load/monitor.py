@@ -57,7 +57,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -994,6 +994,9 @@ class ProbeFigures:
     max_consecutive_failed: int = 0
     #: Longest time without an ok sample inside the window (ms).
     longest_outage_ms: float = 0.0
+    #: Longest time inside the window in which no poll started (ms), the window's edges
+    #: included: an outage shorter than this could have fallen between two polls.
+    longest_gap_ms: float = 0.0
     max_stall_ms: float = 0.0
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
@@ -1021,10 +1024,13 @@ def figures(samples: Iterable[Sample], probe: str, t0: float, t1: float) -> Prob
     lateness: list[float] = []
     run = 0
     last_ok = t0
+    last_start = t0
     for s in samples:
         if s.probe != probe or not t0 <= s.t <= t1:
             continue
         fig.samples += 1
+        fig.longest_gap_ms = max(fig.longest_gap_ms, (s.t - last_start) * 1000.0)
+        last_start = max(last_start, s.t)
         if s.latency_ms is not None:
             latencies.append(s.latency_ms)
         if s.late_ms is not None:
@@ -1043,6 +1049,7 @@ def figures(samples: Iterable[Sample], probe: str, t0: float, t1: float) -> Prob
             fig.errors[key] = fig.errors.get(key, 0) + 1
     if fig.failed and run:
         fig.longest_outage_ms = max(fig.longest_outage_ms, (t1 - last_ok) * 1000.0)
+    fig.longest_gap_ms = max(fig.longest_gap_ms, (t1 - last_start) * 1000.0)
     fig.latency_p50_ms = _percentile(latencies, 50)
     fig.latency_p99_ms = _percentile(latencies, 99)
     fig.latency_max_ms = max(latencies) if latencies else None
@@ -1090,6 +1097,9 @@ class Judgement:
     abort_reason: str | None
     #: One line per bound broken (empty when within bounds and recovered).
     problems: list[str] = field(default_factory=list)
+    #: One line per probe that went unpolled during the load for longer than its bound allows
+    #: (see :func:`judge`): the monitor cannot vouch that nothing happened in between.
+    blind: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -1105,6 +1115,7 @@ class Judgement:
             "recovery_wait_s": self.recovery_wait_s,
             "abort_reason": self.abort_reason,
             "problems": self.problems,
+            "blind": self.blind,
             "during": {k: v.to_json() for k, v in self.during.items()},
         }
 
@@ -1117,9 +1128,19 @@ def judge(
     load_end: float,
     recovery_wait_s: float,
     abort_reason: str | None = None,
+    bounds_ms: Mapping[str, float] | None = None,
+    period_s: float = 1.0 / DEFAULT_RATE_HZ,
 ) -> Judgement:
     """Judge the samples of one load: within bounds during ``[load_start, load_end]``, and
-    recovered within ``recovery_wait_s`` after ``load_end``."""
+    recovered within ``recovery_wait_s`` after ``load_end``.
+
+    ``bounds_ms`` (probe name -> its latency bound) adds the check of the monitor itself: an
+    ok poll starts at most its latency plus two poll periods (``period_s``) after the one
+    before it, so a longer time without a poll means the monitor was held up (starved,
+    stopped) and an outage longer than the bound could have gone unseen. Such a probe is
+    listed in :attr:`Judgement.blind`; the verdict is the caller's (it is not a device
+    failure, so it is not a problem).
+    """
     during = {p: figures(samples, p, load_start, load_end) for p in probes}
     problems: list[str] = []
     for p, fig in during.items():
@@ -1147,7 +1168,21 @@ def judge(
         problems.append(f"recovered only after {rec:.2f} s (allowed {recovery_wait_s:g} s)")
     if abort_reason:
         problems.append(f"load aborted by the monitor: {abort_reason}")
-    return Judgement(during, within, rec, recovered, recovery_wait_s, abort_reason, problems)
+    blind = []
+    for p, fig in during.items():
+        bound = (bounds_ms or {}).get(p)
+        if bound is None or fig.samples == 0:
+            continue
+        allowed = bound + 2000.0 * period_s
+        if fig.longest_gap_ms > allowed:
+            blind.append(
+                f"{p}: no poll for {fig.longest_gap_ms:.0f} ms during the load (at most "
+                f"{allowed:.0f} ms: the {bound:g} ms bound plus two poll periods; the monitor "
+                f"polled up to {fig.late_max_ms or 0:.0f} ms late): an outage that long could "
+                "have gone unseen"
+            )
+    return Judgement(during, within, rec, recovered, recovery_wait_s, abort_reason, problems,
+                     blind)
 
 
 def timeline_rows(

@@ -24,6 +24,8 @@ from harness.load.monitor import (
     timeline_rows,
 )
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
 pytestmark = pytest.mark.timeout(60)
 
 HB = "hb"
@@ -61,6 +63,34 @@ def test_figures_carry_the_monitors_own_lateness() -> None:
     fig = figures(samples, HB, 100.0, 101.0)
     assert (fig.late_p99_ms, fig.late_max_ms) == (40.0, 40.0)
     assert figures(_series("oo"), HB, 100.0, 101.0).late_p99_ms is None  # not measured
+
+
+def test_figures_measure_the_longest_time_without_a_poll() -> None:
+    samples = _series("ooooo") + _series("ooooo", start=100.0 + 5 * 0.02 + 0.5)
+    fig = figures(samples, HB, 100.0, 100.7)
+    assert fig.longest_gap_ms == pytest.approx(520.0, abs=1e-6)  # sample 4 to sample 5
+    assert figures([], HB, 100.0, 100.3).longest_gap_ms == pytest.approx(300.0)  # edges count
+
+
+def test_judge_lists_a_probe_the_monitor_did_not_poll_for_longer_than_its_bound() -> None:
+    holed = _series("o" * 10) + _series("o" * 30, start=100.0 + 10 * 0.02 + 0.5)
+    verdict = judge(holed, [HB], load_start=100.0, load_end=100.8, recovery_wait_s=1.0,
+                    bounds_ms={HB: 200.0}, period_s=0.02)
+    assert verdict.ok  # nothing the monitor saw failed ...
+    assert len(verdict.blind) == 1 and "no poll for 520 ms" in verdict.blind[0]  # ... but
+    assert verdict.to_json()["blind"] == verdict.blind
+    steady = judge(_series("o" * 40), [HB], load_start=100.0, load_end=100.8,
+                   recovery_wait_s=1.0, bounds_ms={HB: 200.0}, period_s=0.02)
+    assert steady.blind == []
+    assert judge(holed, [HB], load_start=100.0, load_end=100.8, recovery_wait_s=1.0).blind == []
+
+
+def test_a_slow_device_that_answers_within_its_bound_is_not_a_blind_monitor() -> None:
+    # Each answer takes 190 ms of a 200 ms bound: the next poll starts 200 ms later.
+    slow = [Sample(100.0 + i * 0.2, HB, True, 190.0, i, 0.0, "") for i in range(10)]
+    verdict = judge(slow, [HB], load_start=100.0, load_end=101.8, recovery_wait_s=1.0,
+                    bounds_ms={HB: 200.0}, period_s=0.02)
+    assert verdict.blind == []
 
 
 def test_figures_only_count_the_window_and_the_probe() -> None:
@@ -190,6 +220,39 @@ def test_a_starved_monitor_shows_in_its_own_lateness(
     later = [s.late_ms for s in mon.poll()[len(calm):] if s.late_ms is not None]
     assert max(later) >= 300.0
     assert max(calm) < 300.0  # so the figure is the stop, not the monitor's usual pace
+
+
+def test_a_check_whose_monitor_stopped_during_the_load_is_an_error_not_a_pass(
+        fake_plc: Callable[..., Any], tmp_path: Path) -> None:
+    from harness.evidence import Evidence
+    from harness.fixtures.load import EssentialMonitor
+    from harness.profile import load_profile
+
+    plc = fake_plc()
+    template = (REPO_ROOT / "device_profiles" / "template-plc.yaml").read_text()
+    profile = tmp_path / "plc.yaml"
+    profile.write_text(template.replace("port: 502", f"port: {plc.port}", 1))
+    monitor = EssentialMonitor(load_profile(profile), Evidence("t::blind"))
+    monitor.start()
+    try:
+        monitor.wait_healthy()
+        start = time.monotonic()
+        time.sleep(0.3)
+        calm = monitor.judge(start, time.monotonic(), label="calm")
+        assert calm.ok and calm.blind == []
+        pid = monitor.process.pid
+        assert pid is not None
+        start = time.monotonic()
+        os.kill(pid, signal.SIGSTOP)  # the monitor sees nothing for 0.6 s
+        try:
+            time.sleep(0.6)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.2)
+        with pytest.raises(HarnessError, match=r"cannot vouch .* no poll for"):
+            monitor.judge(start, time.monotonic(), label="stopped")
+    finally:
+        monitor.finish()
 
 
 @pytest.mark.skipif(not (hasattr(os, "geteuid") and os.geteuid() == 0),
