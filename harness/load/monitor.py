@@ -5,7 +5,7 @@
 Why a process of its own: the load generators run in the check's process and keep it busy; a
 monitor thread there would share the interpreter lock with them and measure our own stalls as
 the device's. When allowed (root) the monitor process raises its own scheduling priority (nice
--10) and runs its probe threads in the real-time class (SCHED_FIFO), so a flood on the same host
+-10) and runs its threads in the real-time class (SCHED_FIFO), so a flood on the same host
 does not delay its polls (each sample records how late it started, ``late_ms``); it arms
 its own safety guard with the profile's allow-list, and stops by itself (``max_runtime_s``, the
 parent's stop request, or the parent's death).
@@ -74,8 +74,8 @@ DEFAULT_RATE_HZ = 50.0
 READY_TIMEOUT_S = 30.0
 #: Watchdog period of the monitor's main thread (seconds).
 WATCH_S = 0.01
-#: SCHED_FIFO priority of the probe threads (root only; 1 is the lowest real-time priority).
-PROBE_RT_PRIORITY = 10
+#: SCHED_FIFO priority of the monitor's threads (root only; 1 is the lowest real-time one).
+MONITOR_RT_PRIORITY = 10
 #: Consecutive ok samples per probe that count as "recovered and steady".
 SETTLE_SAMPLES = 10
 #: Longest response the heartbeat probe reads (an FC 3 answer for one register is 11 bytes).
@@ -657,7 +657,6 @@ def _run_probe(
     out: queue.SimpleQueue[Sample],
     stop: threading.Event,
 ) -> None:
-    _realtime_thread()
     next_at = time.monotonic()
     try:
         while not stop.is_set():
@@ -683,17 +682,20 @@ def _run_probe(
             probe.close()
 
 
-def _realtime_thread() -> None:
-    """Put the calling probe thread in the real-time class (root only; best effort).
+def _realtime() -> None:
+    """Put the calling thread, and the threads it starts from now on, in the real-time class
+    (root only; best effort).
 
     Under a flood on the same host, a nice -10 probe still waited for a busy core: its
     lateness p99 went from 0.25 ms idle to 0.75 ms. In SCHED_FIFO it preempts the load at
-    once (0.15 to 0.25 ms under load; ``tests/perf``). It cannot hog a core: it sleeps
-    between polls, every wait it makes is bounded, and the kernel's real-time throttling
-    stays on.
+    once (0.15 to 0.25 ms under load; ``tests/perf``). The main thread (it writes the samples)
+    is real-time too: an ordinary thread holding the interpreter lock when the kernel
+    preempts it would hold up the probes behind it for as long as it waits for a core. No
+    thread here can hog a core: each sleeps between its rounds, every wait is bounded, and the
+    kernel's real-time throttling stays on.
     """
     with contextlib.suppress(OSError, AttributeError):
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(PROBE_RT_PRIORITY))
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(MONITOR_RT_PRIORITY))
 
 
 def _raise_priority() -> None:
@@ -715,6 +717,7 @@ def run_monitor(
         guard.check_destination(spec.host, spec.port)
     guard.arm()
     _raise_priority()
+    _realtime()  # before the probe threads start: they inherit it
     started = time.monotonic()
     parent = os.getppid()
     probes = [make_probe(spec, config) for spec in config.probes]
@@ -994,9 +997,10 @@ class ProbeFigures:
     max_consecutive_failed: int = 0
     #: Longest time without an ok sample inside the window (ms).
     longest_outage_ms: float = 0.0
-    #: Longest time inside the window in which no poll started (ms), the window's edges
-    #: included: an outage shorter than this could have fallen between two polls.
-    longest_gap_ms: float = 0.0
+    #: Longest time inside the window during which no poll was in flight (ms), the window's
+    #: edges included: from the answer of one poll (or the window's start) to the start of the
+    #: next (or the window's end). An outage shorter than this could have gone unseen.
+    longest_unwatched_ms: float = 0.0
     max_stall_ms: float = 0.0
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
@@ -1024,13 +1028,13 @@ def figures(samples: Iterable[Sample], probe: str, t0: float, t1: float) -> Prob
     lateness: list[float] = []
     run = 0
     last_ok = t0
-    last_start = t0
+    watched_until = t0
     for s in samples:
         if s.probe != probe or not t0 <= s.t <= t1:
             continue
         fig.samples += 1
-        fig.longest_gap_ms = max(fig.longest_gap_ms, (s.t - last_start) * 1000.0)
-        last_start = max(last_start, s.t)
+        fig.longest_unwatched_ms = max(fig.longest_unwatched_ms, (s.t - watched_until) * 1000.0)
+        watched_until = max(watched_until, s.t + (s.latency_ms or 0.0) / 1000.0)
         if s.latency_ms is not None:
             latencies.append(s.latency_ms)
         if s.late_ms is not None:
@@ -1049,7 +1053,7 @@ def figures(samples: Iterable[Sample], probe: str, t0: float, t1: float) -> Prob
             fig.errors[key] = fig.errors.get(key, 0) + 1
     if fig.failed and run:
         fig.longest_outage_ms = max(fig.longest_outage_ms, (t1 - last_ok) * 1000.0)
-    fig.longest_gap_ms = max(fig.longest_gap_ms, (t1 - last_start) * 1000.0)
+    fig.longest_unwatched_ms = max(fig.longest_unwatched_ms, (t1 - watched_until) * 1000.0)
     fig.latency_p50_ms = _percentile(latencies, 50)
     fig.latency_p99_ms = _percentile(latencies, 99)
     fig.latency_max_ms = max(latencies) if latencies else None
@@ -1134,12 +1138,14 @@ def judge(
     """Judge the samples of one load: within bounds during ``[load_start, load_end]``, and
     recovered within ``recovery_wait_s`` after ``load_end``.
 
-    ``bounds_ms`` (probe name -> its latency bound) adds the check of the monitor itself: an
-    ok poll starts at most its latency plus two poll periods (``period_s``) after the one
-    before it, so a longer time without a poll means the monitor was held up (starved,
-    stopped) and an outage longer than the bound could have gone unseen. Such a probe is
-    listed in :attr:`Judgement.blind`; the verdict is the caller's (it is not a device
-    failure, so it is not a problem).
+    ``bounds_ms`` (probe name -> its latency bound) adds the check of the monitor itself. While
+    a poll is in flight the device is watched: an outage then shows in that poll's latency.
+    Between one poll's answer and the next poll's start the monitor only waits for its slot,
+    at most about two poll periods (``period_s``). A longer unwatched time means the monitor
+    itself was held up (starved, stopped), and an outage longer than the bound, which would be
+    a failure, could have fitted in it unseen. Such a probe is listed in
+    :attr:`Judgement.blind`; the verdict is the caller's (it is not a device failure, so it is
+    not a problem).
     """
     during = {p: figures(samples, p, load_start, load_end) for p in probes}
     problems: list[str] = []
@@ -1174,12 +1180,12 @@ def judge(
         if bound is None or fig.samples == 0:
             continue
         allowed = bound + 2000.0 * period_s
-        if fig.longest_gap_ms > allowed:
+        if fig.longest_unwatched_ms > allowed:
             blind.append(
-                f"{p}: no poll for {fig.longest_gap_ms:.0f} ms during the load (at most "
-                f"{allowed:.0f} ms: the {bound:g} ms bound plus two poll periods; the monitor "
-                f"polled up to {fig.late_max_ms or 0:.0f} ms late): an outage that long could "
-                "have gone unseen"
+                f"{p}: unwatched for {fig.longest_unwatched_ms:.0f} ms during the load, no poll "
+                f"in flight (at most {allowed:.0f} ms: the {bound:g} ms bound plus two poll "
+                f"periods; the monitor polled up to {fig.late_max_ms or 0:.0f} ms late against "
+                "its schedule): an outage that long could have gone unseen"
             )
     return Judgement(during, within, rec, recovered, recovery_wait_s, abort_reason, problems,
                      blind)
