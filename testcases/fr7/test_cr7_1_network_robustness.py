@@ -112,6 +112,7 @@ def test_malformed_ip_tcp(load: LoadKit, monitor: EssentialMonitor, device_profi
     time. A FAIL names the first kind after which samples failed.
     """
     host, port = _target_port(device_profile)
+    monitor.wait_healthy()  # the judged window starts with the packets, not before the baseline
     started = monitor.mark("malformed")
     rows = load.malformed_packets(port, host=host)
     ended = monitor.mark("after-malformed")
