@@ -114,7 +114,7 @@ class L2Sender(SocketSender):
               max_packets: int | None = None, stop: Stoppable | None = None,
               kind: str = "l2_flood") -> LoadResult:
         """Cycle through ``frames`` at most ``rate`` per second for ``duration_s``."""
-        result = paced_send(self.sock.sendto, (self.ifname, 0), frames, rate=rate,
+        result = paced_send(self.sock.send, frames, rate=rate,  # bound to the interface
                             duration_s=duration_s, max_packets=max_packets, stop=stop,
                             kind=kind, target=f"{self.ifname} ({self.host})")
         result.details["interface"] = self.ifname

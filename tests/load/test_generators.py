@@ -438,6 +438,26 @@ def test_raw_sender_asks_the_guard() -> None:
         RawSender(Guard(["192.0.2.0/24"]), "127.0.0.1")
 
 
+@root_only
+def test_raw_sender_refuses_a_packet_for_another_address() -> None:
+    from harness.load.netflood import RawSender, syn_packets
+
+    with socket.socket() as spare:  # a port nobody else's SYNs go to while we watch
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]
+    elsewhere = syn_packets("127.0.0.2", port, count=3, src="127.0.0.1")
+    with wire_times("lo", _syn_to(port)) as seen, RawSender(LOOPBACK, "127.0.0.1") as sender:
+        mine = syn_packets(sender.address, port, count=3)
+        with pytest.raises(SafetyViolation, match=r"raw packet for 127\.0\.0\.2"):
+            sender.flood(mine + elsewhere[:1], rate=100, duration_s=1.0)
+        with pytest.raises(SafetyViolation, match="raw packet"):
+            sender.send_one(elsewhere[0])
+        with pytest.raises(SafetyViolation, match="raw packet for none"):
+            sender.send_one(b"\x45")
+        time.sleep(0.1)
+    assert seen == []  # refused before anything went out, the allowed packets included
+
+
 # --------------------------------------------------------------------------- UDP / ICMP storms
 def _udp_sink(stop: threading.Event, sock: socket.socket, out: list[tuple[float, int]]) -> None:
     """Record (kernel receive time, size) of every datagram ``sock`` receives."""
