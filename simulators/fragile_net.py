@@ -107,7 +107,54 @@ def _invalid_flags(flags: int) -> str | None:
     return None
 
 
-class FragileStack:
+class _ScanStarver:
+    """What both fragile models share: per-second counts of what arrives, and starving the
+    PLC's scan cycle (with a rate-limited line on stderr) when a count passes the threshold.
+
+    :param weakness: the weakness's name, for the log line.
+    """
+
+    weakness = ""
+
+    def __init__(self, plc: PLC, threshold_rps: float, recovery_s: float,
+                 clock: Callable[[], float]) -> None:
+        self.plc = plc
+        self.threshold_rps = threshold_rps
+        self.recovery_s = recovery_s
+        self.clock = clock
+        #: Offending packets or frames seen so far (each one starved, or prolonged a
+        #: starvation).
+        self.offences = 0
+        #: Why the scan cycle last starved.
+        self.last_reason: str | None = None
+        self._logged_at = -STARVE_LOG_GAP_S
+
+    def _tick(self, times: deque[float]) -> int:
+        """Add an arrival now to ``times``; return how many fall in the last window."""
+        now = self.clock()
+        times.append(now)
+        horizon = now - SYN_WINDOW_S
+        while times and times[0] <= horizon:
+            times.popleft()
+        return len(times)
+
+    def _starve(self, reason: str, origin: str) -> str:
+        """Starve the scan cycle for ``reason``; ``origin`` ends the log line."""
+        self.offences += 1
+        self.last_reason = reason
+        self.plc.starve(self.recovery_s)
+        now = self.clock()
+        if now - self._logged_at >= STARVE_LOG_GAP_S:
+            self._logged_at = now
+            sys.stderr.write(
+                f"{LOG_NAME}: {self.weakness}: scan cycle starved for "
+                f"{self.recovery_s:g} s: {reason} {origin}\n"
+            )
+            sys.stderr.flush()
+        return reason
+
+
+class FragileStack(_ScanStarver):
     """The ``net.fragile_stack`` model: judges each IPv4 packet seen on the wire and starves the
     PLC's scan cycle on a SYN flood, an abnormal TCP packet, a UDP storm or an ICMP echo storm
     (see :mod:`simulators.modbus_tcp`).
@@ -124,6 +171,8 @@ class FragileStack:
     :param clock: the monotonic clock (for tests).
     """
 
+    weakness = "net.fragile_stack"
+
     def __init__(
         self,
         plc: PLC,
@@ -136,12 +185,9 @@ class FragileStack:
     ) -> None:
         if address is not None and len(address) != 4:
             raise ValueError(f"address must be 4 bytes (IPv4), got {address!r}")
-        self.plc = plc
+        super().__init__(plc, threshold_rps, recovery_s, clock)
         self.address = address
         self.port = port
-        self.threshold_rps = threshold_rps
-        self.recovery_s = recovery_s
-        self.clock = clock
         #: Arrival times of SYNs in the last :data:`SYN_WINDOW_S`.
         self._syns: deque[float] = deque()
         #: Arrival times of final handshake ACKs in the last :data:`SYN_WINDOW_S`.
@@ -152,11 +198,6 @@ class FragileStack:
         self._echoes: deque[float] = deque()
         #: (source address, source port) of SYNs whose final ACK is awaited -> SYN time.
         self._pending: OrderedDict[tuple[bytes, int], float] = OrderedDict()
-        #: Offending packets seen so far (each one starved, or prolonged a starvation).
-        self.offences = 0
-        #: Why the scan cycle last starved.
-        self.last_reason: str | None = None
-        self._logged_at = -STARVE_LOG_GAP_S
 
     def half_open(self) -> int:
         """SYNs in the last window whose handshake did not complete in it."""
@@ -228,15 +269,11 @@ class FragileStack:
             times, what = self._echoes, "ICMP echo requests"
         else:
             times, what = self._datagrams, "UDP datagrams"
-        now = self.clock()
-        times.append(now)
-        horizon = now - SYN_WINDOW_S
-        while times and times[0] <= horizon:
-            times.popleft()
-        if len(times) > self.threshold_rps:
+        count = self._tick(times)
+        if count > self.threshold_rps:
             kind = "ICMP echo storm" if proto == _IPPROTO_ICMP else "UDP storm"
             return self._offence(
-                f"{kind}: {len(times)} {what} in the last {SYN_WINDOW_S:g} s "
+                f"{kind}: {count} {what} in the last {SYN_WINDOW_S:g} s "
                 f"(threshold {self.threshold_rps:g})",
                 src,
             )
@@ -278,19 +315,8 @@ class FragileStack:
         return None
 
     def _offence(self, reason: str, src: bytes, sport: int | None = None) -> str:
-        self.offences += 1
-        self.last_reason = reason
-        self.plc.starve(self.recovery_s)
-        now = self.clock()
-        if now - self._logged_at >= STARVE_LOG_GAP_S:
-            self._logged_at = now
-            origin = socket.inet_ntoa(src) + ("" if sport is None else f":{sport}")
-            sys.stderr.write(
-                f"{LOG_NAME}: net.fragile_stack: scan cycle starved for "
-                f"{self.recovery_s:g} s: {reason} from {origin}\n"
-            )
-            sys.stderr.flush()
-        return reason
+        origin = socket.inet_ntoa(src) + ("" if sport is None else f":{sport}")
+        return self._starve(reason, f"from {origin}")
 
 
 def bpf_program(address: bytes | None, port: int) -> list[tuple[int, int, int, int]]:
@@ -500,7 +526,7 @@ def interface_of(address: bytes) -> str | None:
     return None
 
 
-class FragileL2:
+class FragileL2(_ScanStarver):
     """The ``net.fragile_l2`` model: counts received ARP and broadcast frames and starves the
     PLC's scan cycle when either passes ``threshold_rps`` in the last second (see
     :mod:`simulators.modbus_tcp`). Sniffer thread only; :meth:`feed` takes raw frames, so it
@@ -512,6 +538,8 @@ class FragileL2:
     :param clock: the monotonic clock (for tests).
     """
 
+    weakness = "net.fragile_l2"
+
     def __init__(
         self,
         plc: PLC,
@@ -520,19 +548,11 @@ class FragileL2:
         recovery_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.plc = plc
-        self.threshold_rps = threshold_rps
-        self.recovery_s = recovery_s
-        self.clock = clock
+        super().__init__(plc, threshold_rps, recovery_s, clock)
         #: Arrival times of ARP frames in the last :data:`SYN_WINDOW_S`.
         self._arp: deque[float] = deque()
         #: Arrival times of other broadcast frames in the last :data:`SYN_WINDOW_S`.
         self._broadcast: deque[float] = deque()
-        #: Offending frames so far.
-        self.offences = 0
-        #: Why the scan cycle last starved.
-        self.last_reason: str | None = None
-        self._logged_at = -STARVE_LOG_GAP_S
 
     def feed(self, frame: bytes | memoryview) -> str | None:
         """Account one received Ethernet frame; return why it starved the scan cycle, or None."""
@@ -544,29 +564,15 @@ class FragileL2:
             times, kind = self._broadcast, "broadcast storm: {n} broadcast frames"
         else:
             return None
-        now = self.clock()
-        times.append(now)
-        horizon = now - SYN_WINDOW_S
-        while times and times[0] <= horizon:
-            times.popleft()
-        if len(times) <= self.threshold_rps:
+        count = self._tick(times)
+        if count <= self.threshold_rps:
             return None
         reason = (
-            kind.format(n=len(times))
+            kind.format(n=count)
             + f" in the last {SYN_WINDOW_S:g} s (threshold {self.threshold_rps:g})"
         )
-        self.offences += 1
-        self.last_reason = reason
-        self.plc.starve(self.recovery_s)
-        if now - self._logged_at >= STARVE_LOG_GAP_S:
-            self._logged_at = now
-            source = ":".join(f"{b:02x}" for b in bytes(frame[6:12]))
-            sys.stderr.write(
-                f"{LOG_NAME}: net.fragile_l2: scan cycle starved for {self.recovery_s:g} s: "
-                f"{reason} (last from {source})\n"
-            )
-            sys.stderr.flush()
-        return reason
+        source = ":".join(f"{b:02x}" for b in bytes(frame[6:12]))
+        return self._starve(reason, f"(last from {source})")
 
 
 def l2_bpf_program() -> list[tuple[int, int, int, int]]:
